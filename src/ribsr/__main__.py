@@ -1,0 +1,5 @@
+import sys
+
+from ribsr.cli import main
+
+sys.exit(main())

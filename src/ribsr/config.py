@@ -1,0 +1,324 @@
+"""The network configuration (:class:`SSTConfig`) and the published presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+UPSAMPLERS = ("pixelshuffle_direct", "pixelshuffle", "nn+conv")
+GATES = ("DWC", "Linear", "none")
+ATTN_TYPES = ("RIB", "RPB", "FlashBias", "RoPE", "NoPE", "CPE")
+# Names the paper's code and YAML files use for the same schemes.
+ATTN_TYPE_ALIASES = {
+    "rib": "RIB",
+    "rpb": "RPB",
+    "naive": "RPB",
+    "sdpa": "RPB",
+    "flex": "RPB",
+    "flashbias": "FlashBias",
+    "rope": "RoPE",
+    "ropevit": "RoPE",
+    "nope": "NoPE",
+    "cpe": "CPE",
+}
+
+
+class ConfigError(ValueError):
+    """One or more fields of a network configuration are invalid (all are listed)."""
+
+    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid SST configuration{where}:\n{lines}")
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+@dataclass(frozen=True)
+class SSTConfig:
+    """Hyper-parameters of one SST network; everything needed to rebuild it.
+
+    Per-layer fields (``window_sizes``, ``num_heads``, ``ranks``) describe the layers of one
+    residual block; every block repeats them. ``ranks`` is the RIB/FlashBias rank per layer.
+    """
+
+    dim: int = 48
+    window_sizes: tuple[int, ...] = (8, 16, 32, 16, 32, 64)
+    num_heads: tuple[int, ...] = (3, 3, 3, 3, 3, 3)
+    ranks: tuple[int, ...] = (16, 16, 16, 24, 24, 24)
+    n_blocks: int = 5
+    exp_ratio: float = 1.5
+    scale: int = 2
+    upsampler: str = "pixelshuffle_direct"
+    intermediate_dim: int = 64
+    attn_type: str = "RIB"
+    rib_hidden_dim: int = 32
+    rib_n_freqs: int = 10
+    gate_type: str = "DWC"
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # Accept lists (YAML/JSON) but store tuples so the config stays hashable and frozen.
+        for key in ("window_sizes", "num_heads", "ranks"):
+            value = _as_tuple(getattr(self, key))
+            if isinstance(value, int) and key != "window_sizes":
+                value = (value,) * len(_as_tuple(self.window_sizes) or ())
+            object.__setattr__(self, key, value)
+        if isinstance(self.attn_type, str):
+            object.__setattr__(
+                self, "attn_type", ATTN_TYPE_ALIASES.get(self.attn_type.lower(), self.attn_type)
+            )
+        if self.gate_type is None:
+            object.__setattr__(self, "gate_type", "none")
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+
+    # ------------------------------------------------------------------ validation
+    def problems(self) -> list[str]:
+        """Every problem with this configuration, as readable messages (empty when valid)."""
+        p: list[str] = []
+
+        def positive_int(name: str, value: Any) -> bool:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                p.append(f"{name} must be a positive integer, got {value!r}")
+                return False
+            return True
+
+        positive_int("dim", self.dim)
+        positive_int("n_blocks", self.n_blocks)
+        positive_int("intermediate_dim", self.intermediate_dim)
+        positive_int("rib_hidden_dim", self.rib_hidden_dim)
+        if isinstance(self.rib_n_freqs, bool) or not isinstance(self.rib_n_freqs, int) or self.rib_n_freqs < 0:
+            p.append(f"rib_n_freqs must be a non-negative integer, got {self.rib_n_freqs!r}")
+        if not isinstance(self.exp_ratio, (int, float)) or isinstance(self.exp_ratio, bool) or self.exp_ratio <= 0:
+            p.append(f"exp_ratio must be a positive number, got {self.exp_ratio!r}")
+        if self.scale not in (2, 3, 4) and not (
+            self.upsampler == "nn+conv" and isinstance(self.scale, int) and self.scale > 0
+            and (self.scale & (self.scale - 1) == 0 or self.scale == 3)
+        ):
+            p.append(f"scale (upscaling_factor) must be 2, 3 or 4, got {self.scale!r}")
+        if self.upsampler not in UPSAMPLERS:
+            p.append(f"upsampler (upsampler_type) must be one of {list(UPSAMPLERS)}, got {self.upsampler!r}")
+        if self.gate_type not in GATES:
+            p.append(f"gate_type must be one of {list(GATES)} (or null), got {self.gate_type!r}")
+        if self.attn_type not in ATTN_TYPES:
+            p.append(f"attn_type must be one of {list(ATTN_TYPES)}, got {self.attn_type!r}")
+
+        seqs = {}
+        for key in ("window_sizes", "num_heads", "ranks"):
+            value = getattr(self, key)
+            if not isinstance(value, tuple) or not value:
+                p.append(f"{key} must be a non-empty list of positive integers, got {value!r}")
+                continue
+            bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v <= 0]
+            if bad:
+                p.append(f"{key} must hold positive integers, got {list(value)!r}")
+                continue
+            seqs[key] = value
+        lengths = {k: len(v) for k, v in seqs.items()}
+        if len(set(lengths.values())) > 1:
+            p.append(f"window_sizes, num_heads and ranks must have one entry per layer, got lengths {lengths}")
+        if "num_heads" in seqs and isinstance(self.dim, int) and self.dim > 0:
+            bad_heads = sorted({h for h in seqs["num_heads"] if self.dim % h})
+            if bad_heads:
+                p.append(f"dim {self.dim} is not divisible by num_heads {bad_heads}")
+        return p
+
+    # ------------------------------------------------------------------ derived facts
+    @property
+    def n_layers(self) -> int:
+        """Transformer layers per residual block."""
+        return len(self.window_sizes)
+
+    @property
+    def shifted(self) -> bool:
+        """True when odd layers use shifted windows (only when all window sizes are equal)."""
+        return len(set(self.window_sizes)) == 1
+
+    @property
+    def ffn_hidden(self) -> int:
+        return int(self.dim * self.exp_ratio)
+
+    # ------------------------------------------------------------------ conversion
+    def replace(self, **changes: Any) -> SSTConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("window_sizes", "num_heads", "ranks"):
+            d[key] = list(d[key])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> SSTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError([f"unknown field {k!r}" for k in unknown], source)
+        try:
+            return cls(**dict(d))
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, source) from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str | None = None) -> SSTConfig:
+        return cls.from_dict(json.loads(text), source)
+
+    def to_network_g(self) -> dict[str, Any]:
+        """The equivalent ``network_g`` block of the paper's YAML files."""
+        return {
+            "type": "SST",
+            "dim": self.dim,
+            "window_sizes": list(self.window_sizes),
+            "num_heads": list(self.num_heads),
+            "ranks": list(self.ranks),
+            "n_blocks": self.n_blocks,
+            "exp_ratio": self.exp_ratio,
+            "attn_type": self.attn_type,
+            "rib_hidden_dim": self.rib_hidden_dim,
+            "rib_n_freqs": self.rib_n_freqs,
+            "upscaling_factor": self.scale,
+            "upsampler_type": self.upsampler,
+            "gate_type": None if self.gate_type == "none" else self.gate_type,
+            "intermediate_dim": self.intermediate_dim,
+        }
+
+    @classmethod
+    def from_network_g(cls, network_g: Mapping[str, Any], source: str | None = None) -> SSTConfig:
+        """Build from a ``network_g`` dict as in the paper's YAML files (``type`` is ignored)."""
+        if not isinstance(network_g, Mapping):
+            raise ConfigError([f"network_g must be a mapping, got {type(network_g).__name__}"], source)
+        rename = {"upscaling_factor": "scale", "upsampler_type": "upsampler"}
+        allowed = {
+            "dim", "window_sizes", "num_heads", "ranks", "n_blocks", "exp_ratio", "attn_type",
+            "rib_hidden_dim", "rib_n_freqs", "upscaling_factor", "upsampler_type", "gate_type",
+            "intermediate_dim", "scale", "upsampler", "name",
+        }
+        problems = [f"unknown network_g key {k!r}" for k in sorted(set(network_g) - allowed - {"type"})]
+        missing = [k for k in ("dim", "window_sizes", "num_heads", "n_blocks") if k not in network_g]
+        problems += [f"missing network_g key {k!r}" for k in missing]
+        if problems:
+            raise ConfigError(problems, source)
+        kwargs = {rename.get(k, k): v for k, v in network_g.items() if k != "type"}
+        if kwargs.get("ranks") is None:
+            kwargs["ranks"] = [16] * len(_as_tuple(kwargs["window_sizes"]) or ())
+        if "gate_type" in kwargs and kwargs["gate_type"] is None:
+            kwargs["gate_type"] = "none"
+        elif "gate_type" not in kwargs:
+            kwargs["gate_type"] = "none"  # the paper's class default is no gate
+        return cls.from_dict(kwargs, source)
+
+
+# ---------------------------------------------------------------------- presets
+_PLUS_WINDOWS = (16, 32, 48, 32, 48, 96)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "light": dict(
+        dim=48, num_heads=(3,) * 6, window_sizes=(8, 16, 32, 16, 32, 64), ranks=(16, 16, 16, 24, 24, 24),
+        n_blocks=5, exp_ratio=1.5, upsampler="pixelshuffle_direct",
+    ),
+    "light+": dict(
+        dim=48, num_heads=(3,) * 6, window_sizes=_PLUS_WINDOWS, ranks=(16, 16, 16, 24, 24, 24),
+        n_blocks=5, exp_ratio=1.5, upsampler="pixelshuffle_direct",
+    ),
+    "base": dict(
+        dim=180, num_heads=(6,) * 6, window_sizes=(16, 32, 64, 16, 32, 64), ranks=(18, 18, 18, 34, 34, 34),
+        n_blocks=6, exp_ratio=1.25, upsampler="pixelshuffle", intermediate_dim=64,
+    ),
+    "base+": dict(
+        dim=180, num_heads=(6,) * 6, window_sizes=_PLUS_WINDOWS, ranks=(18, 18, 18, 34, 34, 34),
+        n_blocks=6, exp_ratio=1.25, upsampler="pixelshuffle", intermediate_dim=64,
+    ),
+    "large": dict(
+        dim=192, num_heads=(6,) * 6, window_sizes=(16, 32, 64, 16, 32, 64), ranks=(16, 16, 16, 32, 32, 32),
+        n_blocks=8, exp_ratio=2.0, upsampler="pixelshuffle", intermediate_dim=96,
+    ),
+    "large+": dict(
+        dim=192, num_heads=(6,) * 6, window_sizes=_PLUS_WINDOWS, ranks=(16, 16, 16, 32, 32, 32),
+        n_blocks=8, exp_ratio=2.0, upsampler="pixelshuffle", intermediate_dim=96,
+    ),
+    "xl+": dict(
+        dim=224, num_heads=(7,) * 6, window_sizes=_PLUS_WINDOWS, ranks=(16, 16, 16, 32, 32, 32),
+        n_blocks=10, exp_ratio=2.0, upsampler="pixelshuffle", intermediate_dim=96,
+    ),
+}
+
+# Published parameter counts in millions (x2, x3, x4), from the paper's tables.
+PUBLISHED_PARAMS_M: dict[str, tuple[float, float, float]] = {
+    "light": (0.893, 0.900, 0.909),
+    "light+": (0.893, 0.900, 0.909),
+    "base": (11.677, 11.861, 12.120),
+    "base+": (11.677, 11.861, 12.120),
+    "large": (20.315, 20.730, 21.311),
+    "large+": (20.315, 20.730, 21.311),
+    "xl+": (33.892, 34.307, 34.889),
+}
+
+
+def preset(name: str, scale: int = 2, **overrides: Any) -> SSTConfig:
+    """The configuration of a published model (``light``, ``base+``, ...) at ``scale``."""
+    key = name.lower().replace("_plus", "+").replace("-plus", "+")
+    if key not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    kwargs = {**PRESETS[key], "scale": scale, "name": key, **overrides}
+    return SSTConfig(**kwargs)
+
+
+def resolve_config(spec: str | Path | Mapping[str, Any] | SSTConfig, scale: int | None = None) -> SSTConfig:
+    """An :class:`SSTConfig` from a preset name, a ``network_g``/config dict, or a YAML/JSON file path.
+
+    YAML files may be the paper's option files (the ``network_g`` block is used) or a bare
+    ``network_g`` mapping. ``scale``, when given, overrides the scale of presets only.
+    """
+    if isinstance(spec, SSTConfig):
+        return spec
+    if isinstance(spec, Mapping):
+        data = dict(spec)
+        if "network_g" in data:
+            data = data["network_g"]
+        if "upscaling_factor" in data or "upsampler_type" in data or "type" in data:
+            return SSTConfig.from_network_g(data)
+        return SSTConfig.from_dict(data)
+    text = str(spec)
+    if text.lower().replace("_plus", "+") in PRESETS:
+        return preset(text, scale=scale or 2)
+    path = Path(text)
+    if path.suffix.lower() in (".yml", ".yaml", ".json") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as exc:
+                raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(["the file does not hold a mapping"], str(path))
+        block = data.get("network_g", data)
+        if "network_g" in data or "upscaling_factor" in block or "type" in block:
+            return SSTConfig.from_network_g(block, source=str(path))
+        return SSTConfig.from_dict(block, source=str(path))
+    raise ValueError(
+        f"config {text!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing YAML/JSON file"
+    )
+
+
+def param_count_m(n_params: int) -> float:
+    """Parameters in millions, rounded as the paper's tables round them."""
+    return math.floor(n_params / 1000 + 0.5) / 1000

@@ -11,8 +11,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-
-
 # Plain list: adding a command means importing its module and listing it here.
 COMMANDS: list = []
 

@@ -11,8 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ribsr.cli import convert, info, verify
+
 # Plain list: adding a command means importing its module and listing it here.
-COMMANDS: list = []
+COMMANDS = [verify, convert, info]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,10 +67,8 @@ def attend_concat(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
     r = q_f.shape[-1]
     q_cat = torch.cat([q * (1.0 / math.sqrt(d)), q_f.to(q.dtype).expand(windows, -1, -1, -1)], dim=-1)
     k_cat = torch.cat([k, k_f.to(k.dtype).expand(windows, -1, -1, -1)], dim=-1)  # (windows, heads, N, D+R)
-    if q.device.type == "cpu":
-        # The CPU kernels accept a value width different from the query/key width.
-        return F.scaled_dot_product_attention(q_cat, k_cat, v, scale=1.0)
-    # GPU kernels need equal widths (multiples of 8): zero-pad v (and q, k) and drop the extra outputs.
+    # Fused kernels (CPU and CUDA) need one width for q, k and v, and run fastest at multiples of 8:
+    # zero-pad all three to that width and drop the extra output channels.
     width = -(-(d + r) // 8) * 8
     q_cat = F.pad(q_cat, (0, width - d - r))
     k_cat = F.pad(k_cat, (0, width - d - r))
@@ -185,8 +183,9 @@ class WindowAttention(nn.Module):
         qkv = qkv.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, b * nh * nw, heads, ws * ws, d)
         out = self.backend(qkv[0], qkv[1], qkv[2], self.pos, ws)  # (B*nh*nw, heads, N, D)
 
-        # (B*nh*nw, heads, ws*ws, D) -> (B, C, Hp, Wp)
-        out = out.reshape(b, nh, nw, heads, ws, ws, d).permute(0, 3, 6, 1, 4, 2, 5).reshape(b, c, hp, wp)
+        # (B*nh*nw, heads, ws*ws, D) -> (B, Hp, Wp, C) -> (B, C, Hp, Wp) with channels_last strides
+        out = out.reshape(b, nh, nw, heads, ws, ws, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c)
+        out = out.permute(0, 3, 1, 2)
         if self.shift:
             out = torch.roll(out, shifts=(ws // 2, ws // 2), dims=(2, 3))
         out = out[:, :, :h, :w]

@@ -99,6 +99,9 @@ class SST(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"SST expects an RGB batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+        # The trunk runs in channels_last memory format: per-pixel LayerNorm and the window partition
+        # then read contiguous channels, and oneDNN convolutions prefer it.
+        x = x.contiguous(memory_format=torch.channels_last)
         feat = self.proj(x)
         feat = feat + self.body(feat)
-        return self.upsampler(feat, x)
+        return self.upsampler(feat, x).contiguous()

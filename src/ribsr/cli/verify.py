@@ -8,7 +8,9 @@ import os
 import time
 from pathlib import Path
 
-DEFAULT_FIXTURE = Path("../shared/fixtures/official-sst")
+# Searched when no folder is given: the shared released-format fixture, and this repository's own
+# reference cases (tests/fixtures/official) when run from the repository root.
+DEFAULT_FIXTURES = (Path("../shared/fixtures/official-sst"), Path("tests/fixtures/official"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,11 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "fixture", nargs="?", type=Path, default=None,
-        help="fixture folder (default: $RIBSR_SHARED/fixtures/official-sst or ../shared/fixtures/official-sst)",
+        "fixtures", nargs="*", type=Path,
+        help="fixture folders (default: $RIBSR_SHARED/fixtures/official-sst or ../shared/fixtures/official-sst, "
+        "and tests/fixtures/official when present)",
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
-    p.add_argument("--attention", nargs="+", default=["reference", "bias", "concat", "auto"],
+    p.add_argument("--attention", nargs="+", default=["reference", "bias", "concat"],
                    help="attention paths to check")
     p.set_defaults(func=run)
 
@@ -35,28 +38,30 @@ def run(args: argparse.Namespace) -> int:
 
     from ribsr.checkpoint import load_model
 
-    root = args.fixture
-    if root is None:
+    folders = list(args.fixtures)
+    if not folders:
         shared = os.environ.get("RIBSR_SHARED")
-        root = Path(shared) / "fixtures" / "official-sst" if shared else DEFAULT_FIXTURE
-    cases_file = root / "cases.json"
-    if not cases_file.is_file():
-        raise FileNotFoundError(f"no cases.json in fixture folder {root}")
-    cases = json.loads(cases_file.read_text())
-    worst = 0.0
-    print(f"{'case':<16} {'attention':<10} {'max |diff|':>11} {'seconds':>8}")
-    for name, case in cases.items():
-        io = torch.load(root / f"{name}_io.pt", weights_only=True)
-        config = case.get("load_config", case["network_g"])
-        for attention in args.attention:
-            model = load_model(root / case.get("checkpoint", f"{name}.pth"), config=config, attention=attention)
-            start = time.perf_counter()
-            with torch.no_grad():
-                out = model(io["input"])
-            seconds = time.perf_counter() - start
-            diff = (out - io["output"]).abs().max().item()
-            worst = max(worst, diff)
-            print(f"{name:<16} {attention:<10} {diff:>11.2e} {seconds:>8.3f}")
+        first = Path(shared) / "fixtures" / "official-sst" if shared else DEFAULT_FIXTURES[0]
+        folders = [first] + [p for p in DEFAULT_FIXTURES[1:] if (p / "cases.json").is_file()]
+    worst, count = 0.0, 0
+    print(f"{'case':<24} {'attention':<10} {'max |diff|':>11} {'seconds':>8}")
+    for root in folders:
+        cases_file = root / "cases.json"
+        if not cases_file.is_file():
+            raise FileNotFoundError(f"no cases.json in fixture folder {root}")
+        for name, case in json.loads(cases_file.read_text()).items():
+            io = torch.load(root / f"{name}_io.pt", weights_only=True)
+            for attention in args.attention:
+                model = load_model(root / case.get("checkpoint", f"{name}.pth"), config=case["network_g"],
+                                   attention=attention)
+                start = time.perf_counter()
+                with torch.no_grad():
+                    out = model(io["input"])
+                seconds = time.perf_counter() - start
+                diff = (out - io["output"]).abs().max().item()
+                worst, count = max(worst, diff), count + 1
+                print(f"{name:<24} {attention:<10} {diff:>11.2e} {seconds:>8.3f}")
     ok = worst <= args.tolerance
-    print(f"{'OK' if ok else 'FAILED'}: worst max abs difference {worst:.2e} (tolerance {args.tolerance:g})")
+    print(f"{'OK' if ok else 'FAILED'}: {count} runs, worst max abs difference {worst:.2e} "
+          f"(tolerance {args.tolerance:g})")
     return 0 if ok else 1

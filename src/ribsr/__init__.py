@@ -1,7 +1,8 @@
 """ribsr: single-image super-resolution with SST transformers and Rank-factorized Implicit Neural Bias."""
 
 from ribsr.config import PRESETS, ConfigError, SSTConfig, preset
+from ribsr.imresize import imresize
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "ConfigError", "SSTConfig", "preset", "__version__"]
+__all__ = ["PRESETS", "ConfigError", "SSTConfig", "preset", "__version__", "imresize"]

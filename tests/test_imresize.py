@@ -168,6 +168,7 @@ def test_constant_image_and_identity():
         assert np.all(imresize(const, s) == 200)
     img = np.random.default_rng(1).integers(0, 256, size=(10, 7), dtype=np.uint8)
     np.testing.assert_array_equal(imresize(img, 1.0), img)
+    np.testing.assert_array_equal(imresize(img, np.float32(0.5)), imresize(img, 0.5))  # numpy scalars
 
 
 def test_integer_dtypes_keep_their_range():

@@ -107,6 +107,7 @@ def test_float_and_tensor_inputs_are_rounded_to_uint8_first():
         (np.zeros((3, 12, 12), dtype=np.uint8), "looks like"),
         (np.zeros((2, 12, 12, 3), dtype=np.uint8), "shape"),
         (torch.zeros(2, 3, 12, 12), "batch"),
+        (torch.zeros(12, 12, 3), "looks like"),
         ([[0, 1]], "numpy array or torch tensor"),
     ],
 )

@@ -8,6 +8,7 @@ baselines and PSNR numbers match the published ones.
 from __future__ import annotations
 
 import math
+import numbers
 from functools import lru_cache
 from typing import TypeVar
 
@@ -127,7 +128,7 @@ def _output_size(
     if (scale is None) == (size is None):
         raise ValueError("give exactly one of scale and size")
     if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         if not math.isfinite(scale):
             raise ValueError(f"scale must be finite, got {scale!r}")

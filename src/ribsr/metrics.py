@@ -49,6 +49,10 @@ def to_uint8(img: Any) -> np.ndarray:
                 raise ValueError(f"expected one image, got a batch of shape {tuple(t.shape)}")
             t = t[0]
         if t.ndim == 3:
+            if t.shape[0] > 4 and t.shape[2] in (1, 3):
+                raise ValueError(
+                    f"tensors must be (C, H, W); shape {tuple(t.shape)} looks like (H, W, C)"
+                )
             t = t.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
         elif t.ndim != 2:
             raise ValueError(f"tensors must be (H, W), (C, H, W) or (1, C, H, W), got {tuple(img.shape)}")

@@ -77,17 +77,26 @@ def attend_concat(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
 
 
 class AutoAttention:
-    """``concat`` on CUDA; on CPU ``bias`` while heads*N*N float32 fits ``max_bias_bytes``, else ``concat``."""
+    """``concat`` on CUDA; on CPU ``bias`` while heads*N*N float32 fits ``max_bias_bytes``, else ``concat``.
+
+    Schemes without low-rank factors (RPB, RoPE, NoPE) always take ``bias`` (with no mask when they add
+    nothing to the logits).
+    """
 
     def __init__(self, max_bias_bytes: int = DEFAULT_MAX_BIAS_BYTES) -> None:
         self.max_bias_bytes = max_bias_bytes
 
+    def choose(self, q: torch.Tensor, pos: PositionalScheme) -> AttentionFn:
+        """The path this call takes for q (windows, heads, N, D) and the scheme ``pos``."""
+        if not pos.has_factors:
+            return attend_bias
+        heads, n = q.shape[1], q.shape[2]
+        if q.device.type == "cpu" and heads * n * n * 4 <= self.max_bias_bytes:
+            return attend_bias
+        return attend_concat
+
     def __call__(self, q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
-        if q.device.type == "cpu" or not pos.has_factors:
-            heads, n = q.shape[1], q.shape[2]
-            if not pos.has_factors or heads * n * n * 4 <= self.max_bias_bytes:
-                return attend_bias(q, k, v, pos, ws)
-        return attend_concat(q, k, v, pos, ws)
+        return self.choose(q, pos)(q, k, v, pos, ws)
 
     def __repr__(self) -> str:
         return f"AutoAttention(max_bias_bytes={self.max_bias_bytes})"

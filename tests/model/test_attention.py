@@ -160,3 +160,23 @@ def test_state_dict_uses_released_names():
     other = WindowAttention(24, 8, 3, pos=_rib())
     other.load_state_dict(m.state_dict())
     torch.testing.assert_close(other.pos.to_q, m.pos.to_q)
+
+
+@pytest.mark.parametrize("size", [(12, 12), (16, 16), (40, 24)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backends_get_unit_stride_heads(size, channels_last):
+    # A strided last dimension sends SDPA to its slow math path on the CPU (it happened for images smaller
+    # than the window, whose padding comes back from index_select in NCHW layout).
+    strides = []
+
+    def spy(q, k, v, pos, ws):
+        strides.append((q.stride(-1), k.stride(-1), v.stride(-1)))
+        return attend_reference(q, k, v, pos, ws)
+
+    layer = WindowAttention(24, 32, 3, pos=_rib(), backend=spy).eval()
+    x = torch.randn(1, 24, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        layer(x)
+    assert strides == [(1, 1, 1)]

@@ -36,9 +36,10 @@ DEFAULT_MAX_BIAS_BYTES = 512 * 2**20
 
 
 def attend_reference(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
-    """Plain attention in float32: materialises the (windows, heads, N, N) scores."""
+    """Plain attention in float32, as the RPB networks compute it: q scaled by 1/sqrt(D), the
+    (windows, heads, N, N) scores materialised, the bias added, softmax, times v."""
     q, k = pos.rotate(q, k, ws)
-    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    logits = (q.float() * (1.0 / math.sqrt(q.shape[-1]))) @ k.float().transpose(-1, -2)
     bias = pos.bias(ws, q.device)
     if bias is not None:
         logits = logits + bias
@@ -180,8 +181,11 @@ class WindowAttention(nn.Module):
         ws, heads, d = self.window_size, self.heads, c // self.heads
         gate = self.gate(x) if self.gate is not None else None
 
-        # The 1x1 projection commutes with padding and rolling (both move whole pixels).
-        qkv = pad_to_multiple(self.to_qkv(x), ws)  # (B, 3C, Hp, Wp)
+        # The 1x1 projection commutes with padding and rolling (both move whole pixels). Channels-last
+        # memory keeps each head's D channels adjacent (stride 1) in q, k, v: with another layout (an
+        # NCHW input, or the index_select padding of sides shorter than the window) the window split can be
+        # a view whose last dimension is strided, and SDPA then leaves its fused CPU kernel for the math path.
+        qkv = pad_to_multiple(self.to_qkv(x), ws).contiguous(memory_format=torch.channels_last)  # (B, 3C, Hp, Wp)
         if self.shift:
             qkv = torch.roll(qkv, shifts=(-(ws // 2), -(ws // 2)), dims=(2, 3))
         hp, wp = qkv.shape[-2:]

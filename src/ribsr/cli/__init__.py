@@ -11,10 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ribsr.cli import convert, info, verify
+from ribsr.cli import bench, convert, info, verify
 
 # Plain list: adding a command means importing its module and listing it here.
-COMMANDS = [verify, convert, info]
+COMMANDS = [verify, convert, info, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

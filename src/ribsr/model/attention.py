@@ -5,7 +5,7 @@ Every backend computes, per window and head,
 :class:`~ribsr.model.positional.PositionalScheme`. They differ only in how:
 
 * ``concat``: the scheme's low-rank factors are concatenated to q and k, so one
-  ``scaled_dot_product_attention`` call with scale 1 computes content and position together
+  ``scaled_dot_product_attention`` call computes content and position together
   (what lets the FlashAttention kernel run on CUDA);
 * ``bias``: P is materialised once as a (heads, N, N) tensor shared by all windows and passed as
   ``attn_mask`` (PyTorch's CPU flash kernel accepts an additive mask);
@@ -56,7 +56,7 @@ def attend_bias(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
 
 
 def attend_concat(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
-    """Fused attention on [q/sqrt(D), q_f] . [k, k_f]: no bias tensor at all.
+    """Fused attention on [q, q_f sqrt(D)] . [k, k_f] with scale 1/sqrt(D): no bias tensor at all.
 
     Schemes without low-rank factors fall back to a dense mask (there is nothing to concatenate).
     """
@@ -66,15 +66,15 @@ def attend_concat(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
     windows, heads, n, d = q.shape
     q_f, k_f = pos.factors(ws, q.device)  # (heads, N, R) each, float32
     r = q_f.shape[-1]
-    q_cat = torch.cat([q * (1.0 / math.sqrt(d)), q_f.to(q.dtype).expand(windows, -1, -1, -1)], dim=-1)
-    k_cat = torch.cat([k, k_f.to(k.dtype).expand(windows, -1, -1, -1)], dim=-1)  # (windows, heads, N, D+R)
-    # Fused kernels (CPU and CUDA) need one width for q, k and v, and run fastest at multiples of 8:
-    # zero-pad all three to that width and drop the extra output channels.
-    width = -(-(d + r) // 8) * 8
-    q_cat = F.pad(q_cat, (0, width - d - r))
-    k_cat = F.pad(k_cat, (0, width - d - r))
-    v_pad = F.pad(v, (0, width - d))
-    return F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=1.0)[..., :d]
+    # SDPA scales the whole dot product by 1/sqrt(D): q_f * sqrt(D) leaves the positional logit q_f . k_f.
+    # Fused kernels (CPU and CUDA) need one width for q, k and v, and run fastest at multiples of 8: the
+    # extra channels are zeros (v's too), and the output's extra channels are dropped. One cat per tensor.
+    pad = -(d + r) % 8
+    zeros = q.new_zeros(()).expand(windows, heads, n, d + r + pad)  # stride-0 zeros, sliced per use
+    q_cat = torch.cat([q, (q_f * math.sqrt(d)).to(q.dtype).expand(windows, -1, -1, -1), zeros[..., :pad]], -1)
+    k_cat = torch.cat([k, k_f.to(k.dtype).expand(windows, -1, -1, -1), zeros[..., :pad]], -1)
+    v_pad = torch.cat([v, zeros[..., : r + pad]], -1)  # (windows, heads, N, D+R+pad) each
+    return F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=1.0 / math.sqrt(d))[..., :d]
 
 
 class AutoAttention:

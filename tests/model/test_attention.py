@@ -74,9 +74,10 @@ def test_auto_uses_bias_below_cap_and_concat_above(monkeypatch):
     auto = make_backend("auto")
     rib = _rib().eval()
     q = torch.randn(1, 3, 64, 16)
-    auto(q, q, q, rib, 8)
-    auto.max_bias_bytes = 3 * 64 * 64 * 4 - 1
-    auto(q, q, q, rib, 8)
+    with torch.no_grad():  # inference (training always takes concat)
+        auto(q, q, q, rib, 8)
+        auto.max_bias_bytes = 3 * 64 * 64 * 4 - 1
+        auto(q, q, q, rib, 8)
     assert calls == ["bias", "concat"]
 
 
@@ -180,3 +181,13 @@ def test_backends_get_unit_stride_heads(size, channels_last):
     with torch.no_grad():
         layer(x)
     assert strides == [(1, 1, 1)]
+
+
+def test_auto_trains_through_concat_on_the_cpu(monkeypatch):
+    auto = make_backend("auto")
+    rib = _rib()
+    q = torch.randn(1, 3, 64, 16)
+    assert auto.choose(q, rib) is attend_concat  # gradients flow to the factors
+    with torch.no_grad():
+        assert auto.choose(q, rib) is attend_bias
+    assert auto.choose(q, NoPE()) is attend_bias

@@ -105,10 +105,12 @@ class PositionalScheme(nn.Module):
         return q, k
 
     # -- cached access ---------------------------------------------------------------------
+    def needs_grad(self) -> bool:
+        """True when a call now would have to propagate gradients to the scheme's parameters."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+
     def _cacheable(self) -> bool:
-        if self.training:
-            return False
-        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+        return not self.training and not self.needs_grad()
 
     def _cached(self, kind: str, ws: int, device: torch.device, compute, budget: CacheBudget | None = None):
         """``compute()``, kept per (kind, ws, device) in eval mode; charged to ``budget`` when given."""

@@ -29,7 +29,7 @@ def test_bench_attention_cli_writes_json_for_every_method_and_mode(tmp_path, cap
     assert {(r["method"], r["window"], r["mode"]) for r in rows} == {
         (m, 8, mode) for m in METHODS for mode in ("forward", "backward")}
     for r in rows:
-        assert {"method", "window", "mode", "ms", "peak_mb"} <= set(r)
+        assert {"method", "window", "mode", "ms", "cpu_ms", "peak_mb", "held_mb"} <= set(r)
         assert r["ms"] > 0 and r["skipped"] is None
     paths = {r["method"]: r["path"] for r in rows}
     assert paths["RPB naive"] == "reference" and paths["RIB concat"] == "concat" and paths["RoPE"] == "bias"

@@ -7,7 +7,9 @@ hold: on CUDA from the caching allocator's peak (``torch.cuda.max_memory_allocat
 allocated bytes just before the call); on the CPU in a fresh subprocess per case, from the resident
 set's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` after one warm-up call) minus
 the resident size just before the call. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that
-freed blocks go back to the system instead of hiding a later peak.
+freed blocks go back to the system instead of hiding a later peak. On the CPU ``held_mb`` is what the
+case holds between calls (inputs, parameters, kept positional terms, and for a network its cached biases):
+the resident size after the warm-up call minus that before the setup.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 import torch
 
 from ribsr.model.attention import AttentionFn, AutoAttention, make_backend
-from ribsr.model.positional import RIB, RPB, FlashBias, NoPE, PositionalScheme, RoPE
+from ribsr.model.positional import RIB, RPB, CacheBudget, FlashBias, NoPE, PositionalScheme, RoPE
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MIB = 2**20
@@ -41,6 +43,7 @@ MIB = 2**20
 METHODS: dict[str, tuple[Callable[[int, int, int, int], PositionalScheme], str]] = {
     "RIB concat": (lambda h, d, r, ws: RIB(h, r), "concat"),
     "RIB bias": (lambda h, d, r, ws: RIB(h, r), "bias"),
+    "RIB reference": (lambda h, d, r, ws: RIB(h, r), "reference"),
     "RPB naive": (lambda h, d, r, ws: RPB(h, ws), "reference"),
     "RPB mask": (lambda h, d, r, ws: RPB(h, ws), "bias"),
     "FlashBias": (lambda h, d, r, ws: FlashBias(h, r, ws), "concat"),
@@ -56,7 +59,8 @@ class AttentionCase:
 
     ``mode`` "backward" times forward + backward (training mode: the positional term is rebuilt on every
     call). "forward" runs in eval mode under no_grad; with ``cache`` (the default) the positional term
-    (factors, dense bias, rotation) is kept between calls as in inference, else it is rebuilt per call.
+    (factors, dense bias, rotation) is built by the warm-up call and kept, as in inference, so it counts as
+    held memory, not as the call's peak; without, it is rebuilt on every call.
     """
 
     method: str
@@ -101,7 +105,8 @@ def estimate_bytes(case: AttentionCase) -> int:
     scores = w * h * n * n * 4
     bias = (h * n * n * 4 + n * n * 4) if pos.has_term else 0  # the dense bias (and an RPB gather index)
     small = 16 * w * h * n * (case.head_dim + case.rank) * 4
-    if backend == "reference":
+    # a mask that needs a gradient sends the CPU kernel to a path that keeps the scores too
+    if backend == "reference" or (backward and pos.has_term and backend == "bias" and case.device == "cpu"):
         return (5 if backward else 3) * scores + bias + small
     if backend == "bias" or not pos.has_factors:
         return (3 if backward else 2) * bias + small
@@ -146,6 +151,8 @@ def _attention_callable(case: AttentionCase) -> tuple[Callable[[], None], str]:
     pos = make(case.heads, case.head_dim, case.rank, case.window).to(device)
     backward = case.mode == "backward"
     pos.train(backward)
+    if case.cache:  # keep whatever the scheme builds (the network's shared budget is not in play here)
+        pos.bias_budget = CacheBudget(2**62)
     shape = (case.windows, case.heads, case.tokens, case.head_dim)  # (windows, heads, N, D)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
     backend: AttentionFn = make_backend(backend_name)
@@ -169,20 +176,25 @@ def _attention_callable(case: AttentionCase) -> tuple[Callable[[], None], str]:
 
 def time_callable(
     fn: Callable[[], None], device: torch.device, repeats: int = 5, warmup: int = 1, max_seconds: float = 30.0
-) -> list[float]:
-    """Seconds of each timed call after ``warmup`` calls; stops early once ``max_seconds`` are spent."""
+) -> tuple[list[float], list[float]]:
+    """Wall-clock and process-CPU seconds of each timed call after ``warmup`` calls.
+
+    Stops early once ``max_seconds`` of wall time are spent. The CPU time (all threads of this process)
+    does not grow while the process waits for a core, so on a loaded machine a one-thread run's CPU time
+    is the better estimate of its unloaded wall time.
+    """
     for _ in range(warmup):
         fn()
     _sync(device)
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < repeats and (not times or spent < max_seconds):
-        start = time.perf_counter()
+    wall: list[float] = []
+    cpu: list[float] = []
+    while len(wall) < repeats and (not wall or sum(wall) < max_seconds):
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 # ------------------------------------------------------------------------------------------ CPU memory
@@ -272,8 +284,8 @@ def _bench_attention_case(
 ) -> dict[str, Any]:
     device = torch.device(case.device)
     result: dict[str, Any] = {
-        "method": case.method, "window": case.window, "mode": case.mode, "ms": None, "peak_mb": None,
-        "windows": case.windows, "path": None, "runs": 0, "skipped": None,
+        "method": case.method, "window": case.window, "mode": case.mode, "ms": None, "cpu_ms": None,
+        "peak_mb": None, "held_mb": None, "windows": case.windows, "path": None, "runs": 0, "skipped": None,
     }
     estimate = estimate_bytes(case)
     if max_bytes is not None and estimate > max_bytes:
@@ -286,14 +298,14 @@ def _bench_attention_case(
             peak = _Peak(device)
             fn()
             result["peak_mb"] = round(peak.mib(), 2)
-        times = time_callable(fn, device, repeats, warmup, max_seconds)
+        times, cpu = time_callable(fn, device, repeats, warmup, max_seconds)
         del fn
         result["ms"] = round(1e3 * statistics.median(times), 3)
+        result["cpu_ms"] = round(1e3 * statistics.median(cpu), 3)
         result["runs"] = len(times)
         if memory and device.type == "cpu":
-            spec = dataclasses.asdict(case)
-            result["peak_mb"] = round(_measure_in_subprocess("attention", spec, threads, subprocess_timeout)
-                                      ["peak_mb"], 2)
+            measured = _measure_in_subprocess("attention", dataclasses.asdict(case), threads, subprocess_timeout)
+            result["peak_mb"], result["held_mb"] = round(measured["peak_mb"], 2), round(measured["held_mb"], 2)
     except torch.cuda.OutOfMemoryError as exc:
         result["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
     finally:
@@ -385,7 +397,7 @@ def _bench_model_case(
     result: dict[str, Any] = {
         "preset": spec["preset"], "scale": spec["scale"], "attn_type": spec["attn_type"],
         "mode": "train" if spec["train"] else "inference", "input": f"{spec['batch']}x3x{h}x{w}",
-        "ms": None, "peak_mb": None, "held_mb": None, "runs": 0, "skipped": None,
+        "ms": None, "cpu_ms": None, "peak_mb": None, "held_mb": None, "runs": 0, "skipped": None,
     }
     try:
         fn = _model_callable(**spec)
@@ -394,9 +406,10 @@ def _bench_model_case(
             peak = _Peak(dev)
             fn()
             result["peak_mb"] = round(peak.mib(), 1)
-        times = time_callable(fn, dev, repeats, warmup, max_seconds)
+        times, cpu = time_callable(fn, dev, repeats, warmup, max_seconds)
         del fn
         result["ms"] = round(1e3 * statistics.median(times), 1)
+        result["cpu_ms"] = round(1e3 * statistics.median(cpu), 1)
         result["runs"] = len(times)
         if memory and dev.type == "cpu":
             measured = _measure_in_subprocess("model", spec, threads, subprocess_timeout)

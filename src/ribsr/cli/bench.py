@@ -110,7 +110,7 @@ def run_attention(args: argparse.Namespace) -> int:
                     repeats=args.repeats, warmup=args.warmup, cache=args.cache,
                     load_avg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
     _header(env, settings)
-    columns = ["method", "window", "mode", "path", "ms", "peak_mb", "runs", "skipped"]
+    columns = ["method", "window", "mode", "path", "ms", "cpu_ms", "peak_mb", "held_mb", "runs", "skipped"]
     print(format_table([], columns))
     results: list[dict[str, Any]] = []
     for r in bench_attention(cases, repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds,
@@ -149,7 +149,8 @@ def run_model(args: argparse.Namespace) -> int:
                     attention=args.attention, repeats=args.repeats, warmup=args.warmup,
                     load_avg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
     _header(env, settings)
-    columns = ["preset", "scale", "attn_type", "mode", "input", "ms", "peak_mb", "held_mb", "runs", "skipped"]
+    columns = ["preset", "scale", "attn_type", "mode", "input", "ms", "cpu_ms", "peak_mb", "held_mb", "runs",
+               "skipped"]
     print(format_table([], columns))
     results: list[dict[str, Any]] = []
     for r in bench_model(args.preset, args.attn_type, scale=args.scale, lr_size=size, batch=batch,

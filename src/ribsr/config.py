@@ -133,6 +133,10 @@ class SSTConfig:
             bad_heads = sorted({h for h in seqs["num_heads"] if self.dim % h})
             if bad_heads:
                 p.append(f"dim {self.dim} is not divisible by num_heads {bad_heads}")
+            elif self.attn_type == "RoPE":
+                odd = sorted({self.dim // h for h in seqs["num_heads"] if (self.dim // h) % 2})
+                if odd:
+                    p.append(f"attn_type RoPE needs even head dimensions (dim / num_heads), got {odd}")
         return p
 
     # ------------------------------------------------------------------ derived facts

@@ -74,9 +74,10 @@ def test_auto_uses_bias_below_cap_and_concat_above(monkeypatch):
     auto = make_backend("auto")
     rib = _rib().eval()
     q = torch.randn(1, 3, 64, 16)
-    auto(q, q, q, rib, 8)
-    auto.max_bias_bytes = 3 * 64 * 64 * 4 - 1
-    auto(q, q, q, rib, 8)
+    with torch.no_grad():  # inference (training always takes concat)
+        auto(q, q, q, rib, 8)
+        auto.max_bias_bytes = 3 * 64 * 64 * 4 - 1
+        auto(q, q, q, rib, 8)
     assert calls == ["bias", "concat"]
 
 
@@ -160,3 +161,33 @@ def test_state_dict_uses_released_names():
     other = WindowAttention(24, 8, 3, pos=_rib())
     other.load_state_dict(m.state_dict())
     torch.testing.assert_close(other.pos.to_q, m.pos.to_q)
+
+
+@pytest.mark.parametrize("size", [(12, 12), (16, 16), (40, 24)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_backends_get_unit_stride_heads(size, channels_last):
+    # A strided last dimension sends SDPA to its slow math path on the CPU (it happened for images smaller
+    # than the window, whose padding comes back from index_select in NCHW layout).
+    strides = []
+
+    def spy(q, k, v, pos, ws):
+        strides.append((q.stride(-1), k.stride(-1), v.stride(-1)))
+        return attend_reference(q, k, v, pos, ws)
+
+    layer = WindowAttention(24, 32, 3, pos=_rib(), backend=spy).eval()
+    x = torch.randn(1, 24, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        layer(x)
+    assert strides == [(1, 1, 1)]
+
+
+def test_auto_trains_through_concat_on_the_cpu(monkeypatch):
+    auto = make_backend("auto")
+    rib = _rib()
+    q = torch.randn(1, 3, 64, 16)
+    assert auto.choose(q, rib) is attend_concat  # gradients flow to the factors
+    with torch.no_grad():
+        assert auto.choose(q, rib) is attend_bias
+    assert auto.choose(q, NoPE()) is attend_bias

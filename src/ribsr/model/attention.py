@@ -5,7 +5,7 @@ Every backend computes, per window and head,
 :class:`~ribsr.model.positional.PositionalScheme`. They differ only in how:
 
 * ``concat``: the scheme's low-rank factors are concatenated to q and k, so one
-  ``scaled_dot_product_attention`` call with scale 1 computes content and position together
+  ``scaled_dot_product_attention`` call computes content and position together
   (what lets the FlashAttention kernel run on CUDA);
 * ``bias``: P is materialised once as a (heads, N, N) tensor shared by all windows and passed as
   ``attn_mask`` (PyTorch's CPU flash kernel accepts an additive mask);
@@ -36,9 +36,10 @@ DEFAULT_MAX_BIAS_BYTES = 512 * 2**20
 
 
 def attend_reference(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
-    """Plain attention in float32: materialises the (windows, heads, N, N) scores."""
+    """Plain attention in float32, as the RPB networks compute it: q scaled by 1/sqrt(D), the
+    (windows, heads, N, N) scores materialised, the bias added, softmax, times v."""
     q, k = pos.rotate(q, k, ws)
-    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    logits = (q.float() * (1.0 / math.sqrt(q.shape[-1]))) @ k.float().transpose(-1, -2)
     bias = pos.bias(ws, q.device)
     if bias is not None:
         logits = logits + bias
@@ -55,7 +56,7 @@ def attend_bias(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
 
 
 def attend_concat(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
-    """Fused attention on [q/sqrt(D), q_f] . [k, k_f]: no bias tensor at all.
+    """Fused attention on [q, q_f sqrt(D)] . [k, k_f] with scale 1/sqrt(D): no bias tensor at all.
 
     Schemes without low-rank factors fall back to a dense mask (there is nothing to concatenate).
     """
@@ -65,29 +66,44 @@ def attend_concat(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
     windows, heads, n, d = q.shape
     q_f, k_f = pos.factors(ws, q.device)  # (heads, N, R) each, float32
     r = q_f.shape[-1]
-    q_cat = torch.cat([q * (1.0 / math.sqrt(d)), q_f.to(q.dtype).expand(windows, -1, -1, -1)], dim=-1)
-    k_cat = torch.cat([k, k_f.to(k.dtype).expand(windows, -1, -1, -1)], dim=-1)  # (windows, heads, N, D+R)
-    # Fused kernels (CPU and CUDA) need one width for q, k and v, and run fastest at multiples of 8:
-    # zero-pad all three to that width and drop the extra output channels.
-    width = -(-(d + r) // 8) * 8
-    q_cat = F.pad(q_cat, (0, width - d - r))
-    k_cat = F.pad(k_cat, (0, width - d - r))
-    v_pad = F.pad(v, (0, width - d))
-    return F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=1.0)[..., :d]
+    # SDPA scales the whole dot product by 1/sqrt(D): q_f * sqrt(D) leaves the positional logit q_f . k_f.
+    # Fused kernels (CPU and CUDA) need one width for q, k and v, and run fastest at multiples of 8: the
+    # extra channels are zeros (v's too), and the output's extra channels are dropped. One cat per tensor.
+    pad = -(d + r) % 8
+    zeros = q.new_zeros(()).expand(windows, heads, n, d + r + pad)  # stride-0 zeros, sliced per use
+    q_cat = torch.cat([q, (q_f * math.sqrt(d)).to(q.dtype).expand(windows, -1, -1, -1), zeros[..., :pad]], -1)
+    k_cat = torch.cat([k, k_f.to(k.dtype).expand(windows, -1, -1, -1), zeros[..., :pad]], -1)
+    v_pad = torch.cat([v, zeros[..., : r + pad]], -1)  # (windows, heads, N, D+R+pad) each
+    return F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=1.0 / math.sqrt(d))[..., :d]
 
 
 class AutoAttention:
-    """``concat`` on CUDA; on CPU ``bias`` while heads*N*N float32 fits ``max_bias_bytes``, else ``concat``."""
+    """``concat`` on CUDA; on CPU ``bias`` while heads*N*N float32 fits ``max_bias_bytes`` and no gradient
+    flows to the positional term, else ``concat``.
+
+    Schemes without low-rank factors (RPB, RoPE, NoPE) always take ``bias`` (with no mask when they add
+    nothing to the logits).
+    """
 
     def __init__(self, max_bias_bytes: int = DEFAULT_MAX_BIAS_BYTES) -> None:
         self.max_bias_bytes = max_bias_bytes
 
+    def choose(self, q: torch.Tensor, pos: PositionalScheme) -> AttentionFn:
+        """The path this call takes for q (windows, heads, N, D) and the scheme ``pos``.
+
+        While gradients flow to the factors (training), ``concat``: a mask that needs a gradient sends
+        PyTorch's CPU kernel to a path that keeps the full scores (measured at window 32: 8x the memory
+        and 1.5x the time of ``concat`` for forward+backward).
+        """
+        if not pos.has_factors:
+            return attend_bias
+        heads, n = q.shape[1], q.shape[2]
+        if q.device.type == "cpu" and heads * n * n * 4 <= self.max_bias_bytes and not pos.needs_grad():
+            return attend_bias
+        return attend_concat
+
     def __call__(self, q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
-        if q.device.type == "cpu" or not pos.has_factors:
-            heads, n = q.shape[1], q.shape[2]
-            if not pos.has_factors or heads * n * n * 4 <= self.max_bias_bytes:
-                return attend_bias(q, k, v, pos, ws)
-        return attend_concat(q, k, v, pos, ws)
+        return self.choose(q, pos)(q, k, v, pos, ws)
 
     def __repr__(self) -> str:
         return f"AutoAttention(max_bias_bytes={self.max_bias_bytes})"
@@ -171,8 +187,11 @@ class WindowAttention(nn.Module):
         ws, heads, d = self.window_size, self.heads, c // self.heads
         gate = self.gate(x) if self.gate is not None else None
 
-        # The 1x1 projection commutes with padding and rolling (both move whole pixels).
-        qkv = pad_to_multiple(self.to_qkv(x), ws)  # (B, 3C, Hp, Wp)
+        # The 1x1 projection commutes with padding and rolling (both move whole pixels). Channels-last
+        # memory keeps each head's D channels adjacent (stride 1) in q, k, v: with another layout (an
+        # NCHW input, or the index_select padding of sides shorter than the window) the window split can be
+        # a view whose last dimension is strided, and SDPA then leaves its fused CPU kernel for the math path.
+        qkv = pad_to_multiple(self.to_qkv(x), ws).contiguous(memory_format=torch.channels_last)  # (B, 3C, Hp, Wp)
         if self.shift:
             qkv = torch.roll(qkv, shifts=(-(ws // 2), -(ws // 2)), dims=(2, 3))
         hp, wp = qkv.shape[-2:]

@@ -10,31 +10,53 @@ Structure (state-dict prefixes in brackets)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from ribsr.config import SSTConfig
 from ribsr.model.attention import AttentionFn, WindowAttention, make_backend
 from ribsr.model.layers import ConvFFN, LayerNorm2d
-from ribsr.model.positional import RIB, NoPE, PositionalScheme
+from ribsr.model.positional import RIB, RPB, CacheBudget, FlashBias, NoPE, PositionalScheme, RoPE
 from ribsr.model.upsampler import UPSAMPLERS
+
+# Bytes of dense positional biases one network keeps between calls in eval mode (all layers together):
+# enough for every bias of ``light`` (its five 64x64-window biases take 5 x 192 MiB), which saves about a
+# quarter of those layers' attention time on the CPU; beyond it biases are rebuilt per call.
+DEFAULT_BIAS_CACHE_BYTES = 1280 * 2**20
+
+# attn_type -> the scheme of one attention layer, from (config, heads, rank, window size).
+POSITIONAL: dict[str, Callable[[SSTConfig, int, int, int], PositionalScheme]] = {
+    "RIB": lambda c, heads, rank, ws: RIB(heads, rank, c.rib_hidden_dim, c.rib_n_freqs),
+    "RPB": lambda c, heads, rank, ws: RPB(heads, ws),
+    "FlashBias": lambda c, heads, rank, ws: FlashBias(heads, rank, ws),
+    "RoPE": lambda c, heads, rank, ws: RoPE(heads, c.dim // heads),
+    "NoPE": lambda c, heads, rank, ws: NoPE(),
+    "CPE": lambda c, heads, rank, ws: NoPE(),  # the position enters through TransformerLayer.cpe
+}
 
 
 def make_positional(config: SSTConfig, heads: int, rank: int, window_size: int) -> PositionalScheme:
     """The positional scheme of one attention layer, as ``config.attn_type`` names it."""
-    if config.attn_type == "RIB":
-        return RIB(heads, rank, config.rib_hidden_dim, config.rib_n_freqs)
-    if config.attn_type == "NoPE":
-        return NoPE()
-    raise ValueError(f"attn_type {config.attn_type!r} is not available in this build")
+    if config.attn_type not in POSITIONAL:
+        raise ValueError(f"attn_type {config.attn_type!r} is not available; choose one of {sorted(POSITIONAL)}")
+    return POSITIONAL[config.attn_type](config, heads, rank, window_size)
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm layer: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """Pre-norm layer: x + attn(norm(x)), then x + ffn(norm(x)).
+
+    With ``attn_type`` CPE a depthwise 3x3 conv ``cpe`` first adds a conditional positional encoding to
+    the layer input (``x = x + cpe(x)``); otherwise ``cpe`` is None.
+    """
 
     def __init__(self, config: SSTConfig, index: int, backend: AttentionFn) -> None:
         super().__init__()
         ws, heads, rank = config.window_sizes[index], config.num_heads[index], config.ranks[index]
+        self.cpe = (
+            nn.Conv2d(config.dim, config.dim, 3, padding=1, groups=config.dim) if config.attn_type == "CPE" else None
+        )
         self.norm_attn = LayerNorm2d(config.dim)
         self.attn = WindowAttention(
             config.dim, ws, heads,
@@ -47,6 +69,8 @@ class TransformerLayer(nn.Module):
         self.ffn = ConvFFN(config.dim, config.ffn_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpe is not None:
+            x = x + self.cpe(x)
         x = x + self.attn(self.norm_attn(x))
         return x + self.ffn(self.norm_ffn(x))
 
@@ -66,10 +90,17 @@ class SST(nn.Module):
     """The SST super-resolution network: (B, 3, h, w) in [0, 1] -> (B, 3, s*h, s*w), any h and w.
 
     ``attention`` names the attention path (see :func:`ribsr.model.attention.make_backend`); it
-    changes speed and memory, never the architecture or the parameters.
+    changes speed and memory, never the architecture or the parameters. ``bias_cache_bytes`` bounds
+    the dense positional biases all layers together keep between calls in eval mode
+    (see :meth:`set_bias_cache`).
     """
 
-    def __init__(self, config: SSTConfig, attention: str | AttentionFn = "auto") -> None:
+    def __init__(
+        self,
+        config: SSTConfig,
+        attention: str | AttentionFn = "auto",
+        bias_cache_bytes: int = DEFAULT_BIAS_CACHE_BYTES,
+    ) -> None:
         super().__init__()
         self.config = config
         backend = make_backend(attention) if isinstance(attention, str) else attention
@@ -82,6 +113,19 @@ class SST(nn.Module):
         )
         self.upsampler = UPSAMPLERS[config.upsampler](config.dim, config.scale, config.intermediate_dim)
         self.reset_parameters()
+        self.set_bias_cache(bias_cache_bytes)
+
+    def set_bias_cache(self, max_bytes: int) -> None:
+        """Let all layers together keep at most ``max_bytes`` of dense biases between eval calls (0: none).
+
+        Biases are cached first come, first served (the first layers to run); the rest are rebuilt on
+        every call. Clears what is cached now.
+        """
+        budget = CacheBudget(max_bytes)
+        for m in self.modules():
+            if isinstance(m, PositionalScheme):
+                m.clear_cache()
+                m.bias_budget = budget
 
     def reset_parameters(self) -> None:
         """The paper's initialisation: 1x1 convs truncated-normal(0.02), conv biases zero, 3x3 default."""

@@ -209,7 +209,6 @@ def tiled_forward(
                 groups.setdefault((y1 - y0, x1 - x0), []).append((i, r, q))
     total = sum(len(items) for items in groups.values())
     out = torch.zeros(out_shape, dtype=torch.float32, device=x.device)
-    wsum = torch.zeros(out_shape[2:], dtype=torch.float32, device=x.device)
     done = 0
     for items in groups.values():
         for k in range(0, len(items), batch_size):
@@ -219,14 +218,23 @@ def tiled_forward(
             for (i, r, q), y in zip(chunk, ys, strict=True):
                 weight = (wy[r][:, None] * wx[q][None, :]).to(x.device)  # (s*th, s*tw)
                 (y0, y1), (x0, x1) = layout.ys[r], layout.xs[q]
-                region = (slice(scale * y0, scale * y1), slice(scale * x0, scale * x1))
-                out[i][(slice(None), *region)] += y * weight
-                if i == 0:
-                    wsum[region] += weight
+                out[i, :, scale * y0:scale * y1, scale * x0:scale * x1] += y.mul_(weight)
             done += len(chunk)
             if progress:
                 progress(done, total)
-    return out.div_(wsum)
+    # The weights are separable, so their sum over tiles is the outer product of the axis sums;
+    # it is 1 up to rounding, dividing by it keeps the result exact where it is not.
+    sum_y = _axis_sum(layout.ys, wy, scale).to(x.device)
+    sum_x = _axis_sum(layout.xs, wx, scale).to(x.device)
+    return out.div_(sum_y[:, None] * sum_x[None, :])  # weight sum over tiles: (s*H, s*W)
+
+
+def _axis_sum(spans: tuple[tuple[int, int], ...], weights: list[torch.Tensor], scale: int) -> torch.Tensor:
+    """Sum of the blending weights of all spans along one axis, in output pixels."""
+    total = torch.zeros(scale * spans[-1][1])
+    for (start, stop), w in zip(spans, weights, strict=True):
+        total[scale * start:scale * stop] += w
+    return total
 
 
 # ---------------------------------------------------------------------- memory

@@ -11,10 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-
+from ribsr.cli import upscale
 
 # Plain list: adding a command means importing its module and listing it here.
-COMMANDS: list = []
+COMMANDS: list = [upscale]
 
 
 def build_parser() -> argparse.ArgumentParser:

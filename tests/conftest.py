@@ -1,4 +1,5 @@
-"""Shared fixtures: the datasets folder and small stand-in networks for the upscaling tests."""
+"""Shared test fixtures: where the shared data lives (configurable, skipped when absent), and small
+stand-in networks for the tiling/upscaling tests."""
 
 from __future__ import annotations
 
@@ -12,16 +13,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_root() -> Path:
+    return Path(os.environ.get("RIBSR_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared folder (fixtures, datasets, spec): $RIBSR_SHARED or ../shared beside the repository."""
+    root = _shared_root()
+    if not root.is_dir():
+        pytest.skip(f"shared data not found at {root} (set RIBSR_SHARED)")
+    return root
 
 
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
-    """The shared datasets folder: $RIBSR_DATASETS, else <repo root>/../shared/datasets (skip if missing)."""
-    path = Path(os.environ.get("RIBSR_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
-    if not path.is_dir():
-        pytest.skip(f"datasets folder {path} not found (set RIBSR_DATASETS)")
-    return path
+    """The SR datasets: $RIBSR_DATASETS or <shared>/datasets."""
+    root = Path(os.environ.get("RIBSR_DATASETS", _shared_root() / "datasets"))
+    if not root.is_dir():
+        pytest.skip(f"datasets not found at {root} (set RIBSR_DATASETS)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
 
 
 class NearestUp(nn.Module):

@@ -1,7 +1,12 @@
 """ribsr: single-image super-resolution with SST transformers and Rank-factorized Implicit Neural Bias."""
 
+from ribsr.checkpoint import CheckpointError, build_model, convert_checkpoint, load_model, save_model
 from ribsr.config import PRESETS, ConfigError, SSTConfig, preset
+from ribsr.model import SST
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "ConfigError", "SSTConfig", "preset", "__version__"]
+__all__ = [
+    "PRESETS", "SST", "CheckpointError", "ConfigError", "SSTConfig", "__version__", "build_model",
+    "convert_checkpoint", "load_model", "preset", "save_model",
+]

@@ -1,0 +1,298 @@
+"""Building models, and reading and writing checkpoints (the paper's ``.pth`` files and our ``.safetensors``)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ribsr.config import PRESETS, SSTConfig, preset, resolve_config
+from ribsr.model import SST
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "ribsr-sst"
+StateDict = dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read, or does not fit the configuration it is loaded into."""
+
+
+def build_model(
+    name_or_config: str | Path | Mapping[str, Any] | SSTConfig = "light",
+    scale: int = 2,
+    attention: str = "auto",
+    **overrides: Any,
+) -> SST:
+    """A freshly initialised SST from a preset name, a config (dict, YAML path or :class:`SSTConfig`).
+
+    ``scale`` applies to preset names; ``overrides`` replace config fields (e.g. ``n_blocks=2``).
+    """
+    if isinstance(name_or_config, str) and name_or_config.lower().replace("_plus", "+") in PRESETS:
+        config = preset(name_or_config, scale=scale, **overrides)
+    else:
+        config = resolve_config(name_or_config)
+        if overrides:
+            config = config.replace(**overrides)
+    return SST(config, attention=attention)
+
+
+# ------------------------------------------------------------------------------------------ reading
+def _strip_prefix(state: StateDict) -> StateDict:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(path: str | Path) -> tuple[StateDict, SSTConfig | None]:
+    """The state dict in a checkpoint file and the config it carries (None for the paper's files).
+
+    ``.pth``/``.pt``: a dict with ``params_ema`` and/or ``params`` (``params_ema`` preferred), or a bare
+    state dict, optionally with ``module.`` prefixes; read with ``torch.load(weights_only=True)``.
+    ``.safetensors``: our format, with the config in the metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        config = None
+        if "ribsr_config" in meta:
+            config = SSTConfig.from_json(meta["ribsr_config"], source=f"{path} metadata")
+        return _strip_prefix(state), config
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    for key in ("params_ema", "params", "state_dict", "model"):
+        if key in obj and isinstance(obj[key], Mapping):
+            if key != "params_ema" and "params_ema" in obj:
+                continue
+            log.debug("%s: using %r", path, key)
+            obj = obj[key]
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{path}: holds no tensors (keys: {sorted(obj)[:8]})")
+    return _strip_prefix(state), None
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_shapes(config: SSTConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = SST(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def checkpoint_scale(state: StateDict, upsampler: str) -> int | None:
+    """The scale a checkpoint's upsampler was trained for (None if it cannot be told)."""
+    w = state.get("upsampler.up_conv.weight")
+    if w is None:
+        return None
+    ratio = w.shape[0] / 3 if upsampler == "pixelshuffle_direct" else w.shape[0] / w.shape[1]
+    s = round(math.sqrt(ratio))
+    return s if s * s == ratio else None
+
+
+def matching_presets(state: StateDict) -> list[str]:
+    """Preset names (with scale, e.g. ``light x2``) whose parameter names and shapes equal the checkpoint's."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    found = []
+    for name in PRESETS:
+        for scale in (2, 3, 4):
+            if _expected_shapes(preset(name, scale=scale)) == shapes:
+                found.append(f"{name} x{scale}")
+    return found
+
+
+def describe_state(state: StateDict) -> str:
+    """What a state dict's shapes tell about its network (window sizes are not among them)."""
+    facts = []
+    if "proj.weight" in state:
+        facts.append(f"dim={state['proj.weight'].shape[0]}")
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.0\.", k))}
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"body\.0\.(\d+)\.attn\.to_qkv", k))}
+    facts.append(f"n_blocks={len(blocks)}, layers per block={len(layers)}")
+    heads = [tuple(state[f"body.0.{j}.attn.to_q"].shape) for j in sorted(layers) if f"body.0.{j}.attn.to_q" in state]
+    if heads:
+        facts.append(f"num_heads={[h[0] for h in heads]}, ranks={[h[2] for h in heads]}, rib_hidden_dim={heads[0][1]}")
+    kinds = {"upsampler.f_img.0.weight": "nn+conv", "upsampler.feature_conv.weight": "pixelshuffle"}
+    upsampler = next((v for k, v in kinds.items() if k in state), "pixelshuffle_direct")
+    scale = checkpoint_scale(state, upsampler)
+    facts.append(f"upsampler={upsampler}" + (f" x{scale}" if scale else ""))
+    return ", ".join(facts)
+
+
+def resize_upsampler(state: StateDict, upsampler: str, from_scale: int, to_scale: int) -> StateDict:
+    """Resize ``upsampler.up_conv`` from one scale to another as the paper's code does.
+
+    The (groups * s * s) output channels are seen as an s x s sub-pixel grid per group (pixel-shuffle
+    order) and resized bilinearly (align_corners=False) for every input channel and kernel tap.
+    """
+    if upsampler not in ("pixelshuffle_direct", "pixelshuffle"):
+        raise CheckpointError(f"cannot change the scale of a {upsampler!r} upsampler ({from_scale} -> {to_scale})")
+    state = dict(state)
+    w, b = state["upsampler.up_conv.weight"], state["upsampler.up_conv.bias"]
+    groups = b.shape[0] // (from_scale * from_scale)
+    oc, ic, kh, kw = w.shape
+    # (groups*s*s, Cin, kh, kw) -> (Cin*kh*kw, groups, s, s)
+    grid = w.reshape(groups, from_scale, from_scale, ic * kh * kw).permute(3, 0, 1, 2)
+    grid = F.interpolate(grid.float(), size=(to_scale, to_scale), mode="bilinear", align_corners=False)
+    # (Cin*kh*kw, groups, s', s') -> (groups*s'*s', Cin, kh, kw)
+    state["upsampler.up_conv.weight"] = (
+        grid.permute(1, 2, 3, 0).reshape(groups * to_scale * to_scale, ic, kh, kw).to(w.dtype)
+    )
+    bias = F.interpolate(b.float().reshape(1, groups, from_scale, from_scale), size=(to_scale, to_scale),
+                         mode="bilinear", align_corners=False)
+    state["upsampler.up_conv.bias"] = bias.reshape(-1).to(b.dtype)
+    return state
+
+
+def _check_fit(state: StateDict, config: SSTConfig, path: Path, original: StateDict | None = None) -> None:
+    expected = _expected_shapes(config)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != expected[k]
+    )
+    if not (missing or unexpected or misshaped):
+        return
+
+    def listing(title: str, items: list[str]) -> str:
+        if not items:
+            return ""
+        shown = "\n".join(f"    {i}" for i in items[:20])
+        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+        return f"\n  {title} ({len(items)}):\n{shown}{more}"
+
+    original = state if original is None else original
+    fits = matching_presets(original)
+    hint = f"\n  the checkpoint looks like: {describe_state(original)}"
+    hint += (
+        f"\n  it fits preset(s): {', '.join(fits)}"
+        if fits
+        else "\n  no preset fits it; pass the network_g of the YAML file it was trained with"
+    )
+    raise CheckpointError(
+        f"{path} does not fit the configuration {config.name or ''}{' ' if config.name else ''}x{config.scale}:"
+        + listing("missing keys", missing)
+        + listing("unexpected keys", unexpected)
+        + listing("mis-shaped keys", misshaped)
+        + hint
+    )
+
+
+def load_model(
+    path: str | Path,
+    config: str | Path | Mapping[str, Any] | SSTConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    attention: str = "auto",
+    scale: int | None = None,
+) -> SST:
+    """An eval-mode SST with the weights of a checkpoint.
+
+    ``config`` is a preset name, a ``network_g`` dict, the path of a YAML file, or an
+    :class:`SSTConfig`; it may be omitted for our ``.safetensors`` files (they carry theirs).
+    ``scale`` overrides the config's scale. When the scale differs from the checkpoint's, the
+    upsampler is resized (see :func:`resize_upsampler`). ``dtype`` defaults to float32.
+    """
+    path = Path(path)
+    state, stored = read_checkpoint(path)
+    if config is None:
+        if stored is None:
+            fits = matching_presets(state)
+            hint = f" (its shapes fit: {', '.join(fits)}; window sizes are not stored in weights)" if fits else ""
+            raise CheckpointError(f"{path} carries no configuration; pass a config (preset name or YAML){hint}")
+        cfg = stored
+    else:
+        cfg = resolve_config(config, scale=scale)
+    if scale is not None and cfg.scale != scale:
+        cfg = cfg.replace(scale=scale)
+    src_scale = checkpoint_scale(state, cfg.upsampler)
+    if cfg.upsampler in ("pixelshuffle_direct", "pixelshuffle") and src_scale not in (None, cfg.scale):
+        resized = resize_upsampler(state, cfg.upsampler, src_scale, cfg.scale)
+        _check_fit(resized, cfg, path, original=state)
+        log.warning("%s holds x%d weights: resized its upsampler to x%d", path.name, src_scale, cfg.scale)
+        state = resized
+    else:
+        _check_fit(state, cfg, path)
+    model = SST(cfg, attention=attention)
+    model.load_state_dict(state, strict=True)
+    return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+# ------------------------------------------------------------------------------------------ writing
+def save_model(model: SST, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a model's weights and config as ``.safetensors`` (tensors made contiguous, on CPU)."""
+    from safetensors.torch import save_file
+
+    from ribsr import __version__
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"save_model writes .safetensors files, got {path}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT_NAME, "ribsr_version": __version__, "ribsr_config": model.config.to_json()}
+    meta.update(metadata or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def convert_checkpoint(
+    src: str | Path, dst: str | Path, config: str | Path | Mapping[str, Any] | SSTConfig
+) -> Path:
+    """Convert one of the paper's ``.pth`` checkpoints to our ``.safetensors`` with its config."""
+    model = load_model(src, config=config)
+    return save_model(model, dst, metadata={"source": Path(src).name})
+
+
+def resolve_model(
+    spec: str | Path | None,
+    config: str | Path | Mapping[str, Any] | SSTConfig | None = None,
+    scale: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    attention: str = "auto",
+) -> SST:
+    """The model a ``--model`` option names: a checkpoint path, or None for the bundled default model."""
+    if spec is None:
+        from ribsr.assets import default_model_path
+
+        spec = default_model_path()
+    return load_model(spec, config=config, device=device, dtype=dtype, attention=attention, scale=scale)
+
+
+def describe(model: SST) -> str:
+    """One line: preset/scale, parameters, attention path."""
+    n = sum(p.numel() for p in model.parameters())
+    c = model.config
+    return f"SST {c.name or 'custom'} x{c.scale} ({n / 1e6:.3f} M parameters, attention={model.attention})"
+
+
+__all__ = [
+    "CheckpointError", "build_model", "checkpoint_scale", "convert_checkpoint", "describe", "load_model",
+    "matching_presets", "read_checkpoint", "resize_upsampler", "resolve_model", "save_model",
+]

@@ -1,0 +1,38 @@
+"""``ribsr convert``: the paper's .pth checkpoint -> our .safetensors carrying its config."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a paper .pth checkpoint to .safetensors with its config",
+        description="Reads a checkpoint of the paper's format (params_ema preferred) with the given config and "
+        "writes a .safetensors file whose metadata carries the config, so later loads need no --config.",
+    )
+    p.add_argument("src", type=Path, help="the paper's .pth file (or one of ours)")
+    p.add_argument("dst", type=Path, help="output .safetensors path")
+    p.add_argument("--config", required=True, help="preset name (light, base+, ...) or the paper's YAML file")
+    p.add_argument("--scale", type=int, default=None, help="scale of the preset (default: the checkpoint's)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ribsr.checkpoint import checkpoint_scale, describe, load_model, read_checkpoint, save_model
+    from ribsr.config import resolve_config
+
+    if args.dst.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.dst} exists; pass --overwrite to replace it")
+    scale = args.scale
+    if scale is None:  # a preset name carries no scale: take the checkpoint's own
+        state, _ = read_checkpoint(args.src)
+        cfg = resolve_config(args.config)
+        scale = checkpoint_scale(state, cfg.upsampler) or cfg.scale
+    model = load_model(args.src, config=args.config, scale=scale)
+    save_model(model, args.dst, metadata={"source": args.src.name})
+    print(f"wrote {args.dst}: {describe(model)}")
+    return 0

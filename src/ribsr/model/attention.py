@@ -1,0 +1,209 @@
+"""Window attention with a convolutional gate, and the attention paths ("backends") that compute it.
+
+Every backend computes, per window and head,
+``softmax(q k^T / sqrt(D) + P) v`` where P is the positional term of a
+:class:`~ribsr.model.positional.PositionalScheme`. They differ only in how:
+
+* ``concat``: the scheme's low-rank factors are concatenated to q and k, so one
+  ``scaled_dot_product_attention`` call with scale 1 computes content and position together
+  (what lets the FlashAttention kernel run on CUDA);
+* ``bias``: P is materialised once as a (heads, N, N) tensor shared by all windows and passed as
+  ``attn_mask`` (PyTorch's CPU flash kernel accepts an additive mask);
+* ``reference``: plain float32 matmul and softmax, for tests;
+* ``auto`` (default): ``concat`` on CUDA; on CPU ``bias`` while the dense bias stays under a memory
+  cap, else ``concat``.
+
+The backend is chosen once, when the network is built (:func:`make_backend`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ribsr.model.layers import GATES
+from ribsr.model.positional import PositionalScheme
+
+# q, k, v: (windows, heads, N, D); returns (windows, heads, N, D).
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, PositionalScheme, int], torch.Tensor]
+
+# Default cap for the auto backend on CPU: beyond it the dense bias costs more than it saves.
+DEFAULT_MAX_BIAS_BYTES = 512 * 2**20
+
+
+def attend_reference(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
+    """Plain attention in float32: materialises the (windows, heads, N, N) scores."""
+    q, k = pos.rotate(q, k, ws)
+    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    bias = pos.bias(ws, q.device)
+    if bias is not None:
+        logits = logits + bias
+    return (torch.softmax(logits, dim=-1) @ v.float()).to(v.dtype)
+
+
+def attend_bias(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
+    """Fused attention with the positional term as a dense additive mask (shared by all windows)."""
+    q, k = pos.rotate(q, k, ws)
+    bias = pos.bias(ws, q.device)
+    if bias is not None:
+        bias = bias.to(q.dtype).unsqueeze(0)  # (1, heads, N, N), broadcast over windows
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def attend_concat(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
+    """Fused attention on [q/sqrt(D), q_f] . [k, k_f]: no bias tensor at all.
+
+    Schemes without low-rank factors fall back to a dense mask (there is nothing to concatenate).
+    """
+    if not pos.has_factors:
+        return attend_bias(q, k, v, pos, ws)
+    q, k = pos.rotate(q, k, ws)
+    windows, heads, n, d = q.shape
+    q_f, k_f = pos.factors(ws, q.device)  # (heads, N, R) each, float32
+    r = q_f.shape[-1]
+    q_cat = torch.cat([q * (1.0 / math.sqrt(d)), q_f.to(q.dtype).expand(windows, -1, -1, -1)], dim=-1)
+    k_cat = torch.cat([k, k_f.to(k.dtype).expand(windows, -1, -1, -1)], dim=-1)  # (windows, heads, N, D+R)
+    # Fused kernels (CPU and CUDA) need one width for q, k and v, and run fastest at multiples of 8:
+    # zero-pad all three to that width and drop the extra output channels.
+    width = -(-(d + r) // 8) * 8
+    q_cat = F.pad(q_cat, (0, width - d - r))
+    k_cat = F.pad(k_cat, (0, width - d - r))
+    v_pad = F.pad(v, (0, width - d))
+    return F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=1.0)[..., :d]
+
+
+class AutoAttention:
+    """``concat`` on CUDA; on CPU ``bias`` while heads*N*N float32 fits ``max_bias_bytes``, else ``concat``."""
+
+    def __init__(self, max_bias_bytes: int = DEFAULT_MAX_BIAS_BYTES) -> None:
+        self.max_bias_bytes = max_bias_bytes
+
+    def __call__(self, q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
+        if q.device.type == "cpu" or not pos.has_factors:
+            heads, n = q.shape[1], q.shape[2]
+            if not pos.has_factors or heads * n * n * 4 <= self.max_bias_bytes:
+                return attend_bias(q, k, v, pos, ws)
+        return attend_concat(q, k, v, pos, ws)
+
+    def __repr__(self) -> str:
+        return f"AutoAttention(max_bias_bytes={self.max_bias_bytes})"
+
+
+BACKENDS: dict[str, Callable[[], AttentionFn]] = {
+    "auto": AutoAttention,
+    "concat": lambda: attend_concat,
+    "bias": lambda: attend_bias,
+    "reference": lambda: attend_reference,
+}
+
+
+def make_backend(name: str = "auto") -> AttentionFn:
+    """The attention function for a backend name: ``auto``, ``concat``, ``bias`` or ``reference``."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[name]()
+
+
+def _mirror_index(n: int, total: int, device: torch.device) -> torch.Tensor:
+    """Indices 0..total-1 mirrored into [0, n) without repeating the edge (reflect, repeated)."""
+    i = torch.arange(total, device=device)
+    if n == 1:
+        return torch.zeros_like(i)
+    period = 2 * (n - 1)
+    i = i % period
+    return torch.where(i < n, i, period - i)
+
+
+def pad_to_multiple(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom and right to multiples of ``ws`` by reflection.
+
+    Where the padding is shorter than the side this is exactly ``F.pad(mode="reflect")`` (what the
+    released models saw in training); for sides shorter than the padding, the reflection is
+    continued periodically (..., 1, 0, 1, 2, ..., n-1, n-2, ...), and a side of 1 is repeated.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % ws, (-w) % ws
+    if ph == 0 and pw == 0:
+        return x
+    if ph < h and pw < w:
+        return F.pad(x, (0, pw, 0, ph), mode="reflect")
+    if ph:
+        x = x.index_select(-2, _mirror_index(h, h + ph, x.device))
+    if pw:
+        x = x.index_select(-1, _mirror_index(w, w + pw, x.device))
+    return x
+
+
+class WindowAttention(nn.Module):
+    """Multi-head attention inside non-overlapping ws x ws windows, gated by a convolutional branch.
+
+    Parameters carry the released checkpoints' names (``to_qkv``, ``to_out``, ``gate.*`` and the
+    positional scheme's own, e.g. ``to_hidden``); the scheme lives in ``self.pos`` but its keys are
+    stored without the ``pos.`` prefix.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: int,
+        heads: int,
+        pos: PositionalScheme,
+        gate: str = "DWC",
+        shift: bool = False,
+        backend: AttentionFn | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim, self.window_size, self.heads, self.shift = dim, window_size, heads, shift
+        self.to_qkv = nn.Conv2d(dim, 3 * dim, 1)
+        self.to_out = nn.Conv2d(dim, dim, 1)
+        self.gate = GATES[gate](dim) if gate != "none" else None
+        self.pos = pos
+        self.backend: AttentionFn = backend if backend is not None else make_backend("auto")
+        self._register_state_dict_hook(_flatten_pos_keys)
+        self._register_load_state_dict_pre_hook(_nest_pos_keys, with_module=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        ws, heads, d = self.window_size, self.heads, c // self.heads
+        gate = self.gate(x) if self.gate is not None else None
+
+        # The 1x1 projection commutes with padding and rolling (both move whole pixels).
+        qkv = pad_to_multiple(self.to_qkv(x), ws)  # (B, 3C, Hp, Wp)
+        if self.shift:
+            qkv = torch.roll(qkv, shifts=(-(ws // 2), -(ws // 2)), dims=(2, 3))
+        hp, wp = qkv.shape[-2:]
+        nh, nw = hp // ws, wp // ws
+
+        # (B, 3C, Hp, Wp) -> (3, B*nh*nw, heads, ws*ws, D); channel = part*C + head*D + d
+        qkv = qkv.reshape(b, 3, heads, d, nh, ws, nw, ws)
+        qkv = qkv.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, b * nh * nw, heads, ws * ws, d)
+        out = self.backend(qkv[0], qkv[1], qkv[2], self.pos, ws)  # (B*nh*nw, heads, N, D)
+
+        # (B*nh*nw, heads, ws*ws, D) -> (B, Hp, Wp, C) -> (B, C, Hp, Wp) with channels_last strides
+        out = out.reshape(b, nh, nw, heads, ws, ws, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c)
+        out = out.permute(0, 3, 1, 2)
+        if self.shift:
+            out = torch.roll(out, shifts=(ws // 2, ws // 2), dims=(2, 3))
+        out = out[:, :, :h, :w]
+        if gate is not None:
+            out = out * gate
+        return self.to_out(out)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, window_size={self.window_size}, heads={self.heads}, shift={self.shift}"
+
+
+def _flatten_pos_keys(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + "pos.")]:
+        state_dict[prefix + key[len(prefix) + 4 :]] = state_dict.pop(key)
+    return state_dict
+
+
+def _nest_pos_keys(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    for name in list(module.pos.state_dict(keep_vars=True)):
+        if prefix + name in state_dict:
+            state_dict[prefix + "pos." + name] = state_dict.pop(prefix + name)

@@ -1,0 +1,162 @@
+"""The attention paths agree with each other and with a float64 per-window computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ribsr.model.attention import (
+    WindowAttention,
+    attend_bias,
+    attend_concat,
+    attend_reference,
+    make_backend,
+    pad_to_multiple,
+)
+from ribsr.model.positional import RIB, NoPE, fourier_features, window_coordinates
+
+PATHS = {"reference": attend_reference, "bias": attend_bias, "concat": attend_concat}
+
+
+def _rib(heads=3, rank=8, hidden=16, freqs=4):
+    rib = RIB(heads, rank, hidden, freqs)
+    with torch.no_grad():
+        for p in rib.parameters():
+            p.normal_(0, 0.5)
+    return rib
+
+
+def _float64_attention(q, k, v, rib, ws):
+    """Literal formula from the spec, in float64, one window and head at a time."""
+    feats = fourier_features(window_coordinates(ws), rib.n_freqs).double()
+    hidden = torch.relu(feats @ rib.to_hidden.double() + rib.hidden_b.double())
+    out = torch.empty(q.shape, dtype=torch.float64)
+    d, r = q.shape[-1], rib.rank
+    for w in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            q_pos, k_pos = hidden @ rib.to_q[h].double(), hidden @ rib.to_k[h].double()
+            logits = q[w, h].double() @ k[w, h].double().T / math.sqrt(d) + q_pos @ k_pos.T / math.sqrt(r)
+            out[w, h] = torch.softmax(logits, -1) @ v[w, h].double()
+    return out
+
+
+@pytest.mark.parametrize("ws", [4, 8, 16])
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_paths_match_float64_formula(path, ws):
+    rib = _rib().eval()
+    q, k, v = (torch.randn(2, 3, ws * ws, 16) for _ in range(3))
+    with torch.no_grad():
+        out = PATHS[path](q, k, v, rib, ws)
+    expected = _float64_attention(q, k, v, rib, ws)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)  # float32 vs float64
+
+
+@pytest.mark.parametrize("ws", [8, 16, 32])
+def test_paths_agree_to_1e5(ws):
+    rib = _rib(rank=24).eval()
+    q, k, v = (torch.randn(4, 3, ws * ws, 16) for _ in range(3))
+    with torch.no_grad():
+        outs = {name: fn(q, k, v, rib, ws) for name, fn in PATHS.items()}
+    for name in ("bias", "concat"):
+        assert (outs[name] - outs["reference"]).abs().max() <= 1e-5, name
+
+
+def test_auto_uses_bias_below_cap_and_concat_above(monkeypatch):
+    calls = []
+    import ribsr.model.attention as attention
+
+    monkeypatch.setattr(attention, "attend_bias", lambda *a: calls.append("bias") or a[0])
+    monkeypatch.setattr(attention, "attend_concat", lambda *a: calls.append("concat") or a[0])
+    auto = make_backend("auto")
+    rib = _rib().eval()
+    q = torch.randn(1, 3, 64, 16)
+    auto(q, q, q, rib, 8)
+    auto.max_bias_bytes = 3 * 64 * 64 * 4 - 1
+    auto(q, q, q, rib, 8)
+    assert calls == ["bias", "concat"]
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="'flash'.*auto"):
+        make_backend("flash")
+
+
+def test_nope_paths_agree():
+    q, k, v = (torch.randn(2, 2, 64, 8) for _ in range(3))
+    ref = attend_reference(q, k, v, NoPE(), 8)
+    for fn in (attend_bias, attend_concat):
+        torch.testing.assert_close(fn(q, k, v, NoPE(), 8), ref, atol=1e-5, rtol=0)
+
+
+def test_factors_are_cached_in_eval_and_follow_parameter_updates():
+    rib = _rib().eval()
+    with torch.no_grad():
+        a = rib.factors(8, torch.device("cpu"))
+        assert rib.factors(8, torch.device("cpu"))[0] is a[0]  # cached
+        rib.to_q.mul_(2.0)  # an in-place update (as an optimizer step) invalidates the cache
+        b = rib.factors(8, torch.device("cpu"))
+    torch.testing.assert_close(b[0], 2 * a[0])
+
+
+def test_training_mode_recomputes_and_propagates_gradients():
+    rib = _rib().train()
+    q, k, v = (torch.randn(1, 3, 16, 8, requires_grad=True) for _ in range(3))
+    for fn in (attend_bias, attend_concat, attend_reference):
+        rib.zero_grad()
+        fn(q, k, v, rib, 4).square().sum().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rib.parameters()), fn.__name__
+    assert not rib._cache
+
+
+def test_coordinates_follow_the_spec():
+    c = window_coordinates(4)
+    # token n = r*ws + c; x' = 2(c+0.5)/ws - 1 (column), y' = 2(r+0.5)/ws - 1 (row)
+    assert c[1].tolist() == [-0.25, -0.75] and c[4].tolist() == [-0.75, -0.25]
+    f = fourier_features(c, 2)
+    assert f.shape == (16, 2 + 4 * 2)
+    torch.testing.assert_close(f[:, 2:4], torch.sin(c))
+    torch.testing.assert_close(f[:, 8:10], torch.cos(2 * c))
+
+
+@pytest.mark.parametrize("h,w", [(20, 28), (17, 9), (24, 24)])
+def test_padding_equals_reflect_when_possible(h, w):
+    x = torch.randn(1, 2, h, w)
+    ws = 8
+    expected = F.pad(x, (0, (-w) % ws, 0, (-h) % ws), mode="reflect") if (h % ws or w % ws) else x
+    torch.testing.assert_close(pad_to_multiple(x, ws), expected, atol=0, rtol=0)
+
+
+def test_padding_beyond_the_side_continues_the_reflection():
+    x = torch.arange(3.0).reshape(1, 1, 1, 3)  # a 1x3 image, window 8
+    y = pad_to_multiple(x, 8)
+    assert y.shape == (1, 1, 8, 8)
+    assert y[0, 0, 0].tolist() == [0, 1, 2, 1, 0, 1, 2, 1]
+    assert (y == y[:, :, :1]).all()  # a single row is repeated
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_window_attention_paths_agree_on_odd_sizes(shift):
+    layers = {}
+    for name in PATHS:
+        torch.manual_seed(1)
+        layers[name] = WindowAttention(24, 8, 3, pos=_rib(rank=8), shift=shift, backend=make_backend(name)).eval()
+    x = torch.randn(2, 24, 13, 21)
+    with torch.no_grad():
+        outs = {n: m(x) for n, m in layers.items()}
+    assert outs["reference"].shape == x.shape
+    for n in ("bias", "concat"):
+        assert (outs[n] - outs["reference"]).abs().max() <= 1e-5
+
+
+def test_state_dict_uses_released_names():
+    m = WindowAttention(24, 8, 3, pos=_rib())
+    keys = set(m.state_dict())
+    assert {"to_hidden", "hidden_b", "to_q", "to_k", "to_qkv.weight", "gate.0.weight", "gate.1.bias"} <= keys
+    assert not any(k.startswith("pos.") for k in keys)
+    other = WindowAttention(24, 8, 3, pos=_rib())
+    other.load_state_dict(m.state_dict())
+    torch.testing.assert_close(other.pos.to_q, m.pos.to_q)

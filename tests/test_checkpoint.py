@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ribsr.checkpoint import (
+    CheckpointError,
+    build_model,
+    checkpoint_scale,
+    convert_checkpoint,
+    load_model,
+    matching_presets,
+    read_checkpoint,
+    resize_upsampler,
+    save_model,
+)
+from ribsr.config import PRESETS, SSTConfig, preset
+from ribsr.model import SST
+
+TINY = dict(dim=24, window_sizes=(8, 16), num_heads=(3, 3), ranks=(4, 8), n_blocks=1, rib_hidden_dim=8, rib_n_freqs=2)
+
+
+def _perturbed(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_round_trip_every_preset(name, tmp_path):
+    """config -> model -> .safetensors (with config) -> load gives the same config and weights."""
+    model = build_model(name, scale=2)
+    path = save_model(model, tmp_path / f"{name}.safetensors")
+    loaded = load_model(path)
+    assert loaded.config == model.config and not loaded.training
+    ref = model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+
+
+@pytest.mark.parametrize("scale", [3, 4])
+def test_round_trip_other_scales_and_outputs(scale, tmp_path):
+    model = _perturbed(build_model("light", scale=scale, n_blocks=1))
+    loaded = load_model(save_model(model, tmp_path / "m.safetensors"))
+    x = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def _paper_file(tmp_path, state, wrap="params_ema", prefix=""):
+    state = {prefix + k: v for k, v in state.items()}
+    obj = {wrap: state} if wrap else state
+    path = tmp_path / "paper.pth"
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("wrap,prefix", [("params_ema", ""), ("params", ""), (None, ""), ("params_ema", "module.")])
+def test_paper_pth_layouts(tmp_path, wrap, prefix):
+    cfg = SSTConfig(**TINY)
+    model = _perturbed(SST(cfg))
+    path = _paper_file(tmp_path, model.state_dict(), wrap, prefix)
+    loaded = load_model(path, config=cfg.to_network_g())
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
+def test_params_ema_is_preferred(tmp_path):
+    cfg = SSTConfig(**TINY)
+    ema, raw = _perturbed(SST(cfg)), _perturbed(SST(cfg))
+    path = tmp_path / "both.pth"
+    torch.save({"params": raw.state_dict(), "params_ema": ema.state_dict()}, path)
+    state, _ = read_checkpoint(path)
+    assert torch.equal(state["proj.weight"], ema.state_dict()["proj.weight"])
+
+
+def test_mismatch_lists_keys_and_suggests_preset(tmp_path):
+    model = build_model("light", scale=3)
+    path = _paper_file(tmp_path, model.state_dict())
+    with pytest.raises(CheckpointError) as info:
+        load_model(path, config="base")
+    msg = str(info.value)
+    assert "paper.pth" in msg and "missing keys" in msg and "mis-shaped keys" in msg
+    assert "light x3" in msg and "light+ x3" in msg
+
+
+def test_pth_without_config_is_refused_with_hint(tmp_path):
+    path = _paper_file(tmp_path, build_model("light").state_dict())
+    with pytest.raises(CheckpointError, match=r"carries no configuration.*light x2, light\+ x2"):
+        load_model(path)
+
+
+def test_matching_presets():
+    assert matching_presets(build_model("base", scale=4).state_dict()) == ["base x4", "base+ x4"]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_files_are_reported_by_name(tmp_path, content):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="broken.pth"):
+        load_model(path, config="light")
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"params_ema": {"x": torch.zeros(1)}, "obj": object()}, path)
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        load_model(path, config="light")
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_model("nope.pth", config="light")
+
+
+def test_truncated_safetensors(tmp_path):
+    path = save_model(build_model("light", n_blocks=1), tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="m.safetensors"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("upsampler", ["pixelshuffle_direct", "pixelshuffle"])
+def test_scale_change_resizes_upsampler(tmp_path, upsampler, caplog):
+    cfg2 = SSTConfig(**TINY, upsampler=upsampler, intermediate_dim=16, scale=2)
+    model = _perturbed(SST(cfg2))
+    path = _paper_file(tmp_path, model.state_dict())
+    with caplog.at_level("WARNING"):
+        m3 = load_model(path, config=cfg2.replace(scale=3))
+    assert "x2" in caplog.text and "x3" in caplog.text
+    assert m3.config.scale == 3
+    assert checkpoint_scale(m3.state_dict(), upsampler) == 3
+    # everything but the resized conv is untouched
+    for k, v in m3.state_dict().items():
+        if "up_conv" not in k:
+            assert torch.equal(v, model.state_dict()[k]), k
+    with torch.no_grad():
+        assert m3(torch.rand(1, 3, 9, 10)).shape == (1, 3, 27, 30)
+
+
+def test_resize_upsampler_identity_and_constant_grid():
+    # A constant sub-pixel grid stays constant under bilinear resizing; same scale is the identity.
+    w = torch.ones(3 * 4, 5, 3, 3) * torch.arange(3.0).repeat_interleave(4).view(-1, 1, 1, 1)
+    state = {"upsampler.up_conv.weight": w, "upsampler.up_conv.bias": torch.arange(3.0).repeat_interleave(4)}
+    out = resize_upsampler(state, "pixelshuffle_direct", 2, 3)
+    assert out["upsampler.up_conv.weight"].shape == (27, 5, 3, 3)
+    torch.testing.assert_close(out["upsampler.up_conv.bias"], torch.arange(3.0).repeat_interleave(9))
+    same = resize_upsampler(state, "pixelshuffle_direct", 2, 2)
+    torch.testing.assert_close(same["upsampler.up_conv.weight"], w)
+
+
+def test_nn_conv_scale_change_is_an_error(tmp_path):
+    cfg = SSTConfig(**TINY, upsampler="nn+conv", intermediate_dim=16, scale=2)
+    path = _paper_file(tmp_path, SST(cfg).state_dict())
+    with pytest.raises(CheckpointError, match="x4"):
+        load_model(path, config=cfg.replace(scale=4))
+
+
+def test_convert_writes_config(tmp_path):
+    cfg = SSTConfig(**TINY)
+    model = _perturbed(SST(cfg))
+    src = _paper_file(tmp_path, model.state_dict())
+    dst = convert_checkpoint(src, tmp_path / "out.safetensors", config=cfg.to_network_g())
+    loaded = load_model(dst)
+    assert loaded.config == cfg
+    x = torch.rand(1, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def test_dtype_and_attention_options(tmp_path):
+    path = save_model(build_model("light", n_blocks=1), tmp_path / "m.safetensors")
+    m = load_model(path, dtype=torch.float64, attention="reference")
+    assert next(m.parameters()).dtype == torch.float64 and m.attention == "reference"
+    assert preset("light").replace(n_blocks=1) == m.config.replace(name="light")

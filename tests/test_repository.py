@@ -1,0 +1,34 @@
+"""Repository-level checks: lint, and the README's commands stay in step with .ci/run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def test_ruff_clean():
+    ruff = shutil.which("ruff") or str(REPO / ".venv" / "bin" / "ruff")
+    if not shutil.which(ruff):
+        pytest.skip("ruff not installed (pip install -e '.[dev]')")
+    result = subprocess.run([ruff, "check", "src", "tests", "benchmarks", "scripts"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    command = ".venv/bin/python -m pytest"
+    assert command in readme and ci.rstrip().endswith(command)
+
+
+def test_cli_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "ribsr", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0
+    for command in ("verify", "convert", "info"):
+        assert command in out.stdout

@@ -11,10 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ribsr.cli import convert, info, upscale, verify
+from ribsr.cli import convert, evaluate, info, upscale, verify
 
 # Plain list: adding a command means importing its module and listing it here.
-COMMANDS = [verify, convert, info, upscale]
+COMMANDS = [verify, convert, info, evaluate, upscale]
 
 
 def build_parser() -> argparse.ArgumentParser:

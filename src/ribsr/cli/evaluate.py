@@ -1,0 +1,112 @@
+"""``ribsr evaluate``: PSNR/SSIM on benchmark test sets, printed as the papers' tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+BICUBIC = "bicubic"
+
+EPILOG = """\
+Conventions: HR images are mod-cropped to a multiple of the scale; the LR input is
+DATA/LR_bicubic/X<s>/<name>x<s>.png when present, else MATLAB-style bicubic downscaling of the
+HR image; SR outputs are rounded to 8 bits; PSNR/SSIM on the BT.601 Y channel with <scale>
+border pixels cropped (see --rgb and --crop-border). Each DATA folder holds HR/ (or the images
+themselves); its name names the dataset.
+
+example: ribsr evaluate --model bicubic --data Set5 Set14 --scale 4
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="PSNR/SSIM of a model (or bicubic) on SR test sets",
+        description="Evaluate a model, or bicubic upscaling, on SR test sets (Set5, Set14, ...).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", metavar="MODEL", default=None,
+        help=f"checkpoint path, or '{BICUBIC}' for the bicubic baseline (default: the bundled model)",
+    )
+    p.add_argument("--config", metavar="CONFIG", default=None,
+                   help="preset name or YAML for checkpoints that carry no configuration")
+    p.add_argument("--data", metavar="DIR", nargs="+", required=True, type=Path,
+                   help="one or more dataset folders (e.g. .../Set5 .../Set14)")
+    p.add_argument("--scale", type=int, default=None,
+                   help="upscaling factor (default: the model's; required for bicubic)")
+    p.add_argument("--crop-border", type=int, default=None, metavar="N",
+                   help="pixels cropped from each side before measuring (default: the scale)")
+    channel = p.add_mutually_exclusive_group()
+    channel.add_argument("--y-channel", dest="y_channel", action="store_true", default=True,
+                         help="measure on the BT.601 Y channel (default)")
+    channel.add_argument("--rgb", dest="y_channel", action="store_false",
+                         help="measure on all RGB channels")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="average the model over 8 flips/rotations (x8 slower)")
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="run the model on N x N tiles (not available yet in this build)")
+    p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--save-images", type=Path, default=None, metavar="OUT",
+                   help="write SR images to OUT/<dataset>/X<scale>/<name>.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """The results as a plain-text table: dataset, scale, PSNR, SSIM, images, seconds, LR source."""
+    header = f"{'dataset':<12} {'scale':>5} {'PSNR':>7} {'SSIM':>7} {'images':>6} {'seconds':>8}  LR"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        p = "-" if r["psnr"] is None else f"{r['psnr']:.2f}"
+        s = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
+        failed = f" ({len(r['failed'])} failed)" if r["failed"] else ""
+        lines.append(
+            f"{r['dataset']:<12} {'x' + str(r['scale']):>5} {p:>7} {s:>7} {r['images']:>6} "
+            f"{r['seconds']:>8.2f}  {r['lr_source']}{failed}"
+        )
+    return "\n".join(lines)
+
+
+def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
+    """The upscaler the options ask for, and the scale to evaluate at."""
+    from ribsr.evaluate import bicubic_upscaler, model_upscaler
+
+    if args.model == BICUBIC:
+        if args.scale is None:
+            raise ValueError("--scale is required with --model bicubic")
+        if args.self_ensemble or args.tile:
+            raise ValueError("--self-ensemble and --tile apply to models, not to --model bicubic")
+        return bicubic_upscaler(args.scale), args.scale
+    if args.tile is not None:
+        # Tiled inference belongs to ribsr.inference, which is not part of this build yet.
+        raise ValueError("--tile is not available yet: tiled inference has not been integrated")
+    from ribsr.checkpoint import resolve_model
+
+    model = resolve_model(args.model, config=args.config, scale=args.scale, device=args.device)
+    scale = int(model.config.scale)
+    return model_upscaler(model, ensemble=args.self_ensemble), scale
+
+
+def run(args: argparse.Namespace) -> int:
+    from ribsr.evaluate import evaluate
+
+    upscale, scale = _upscaler(args)
+    results = evaluate(
+        upscale, args.data, scale, crop_border=args.crop_border, y_channel=args.y_channel,
+        save_dir=args.save_images, progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(format_table(results))
+    failed = [(r["dataset"], f["name"], f["error"]) for r in results for f in r["failed"]]
+    for dataset, name, error in failed:
+        print(f"failed: {dataset}/{name}: {error}", file=sys.stderr)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"results": results}, indent=2) + "\n", encoding="utf-8")
+    return 1 if failed else 0

@@ -1,0 +1,108 @@
+"""The ``ribsr evaluate`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ribsr.cli import main
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    root = tmp_path / "Mini"
+    (root / "HR").mkdir(parents=True)
+    y, x = np.mgrid[0:34, 0:30]
+    img = np.stack([(y * 7) % 256, (x * 5) % 256, (x * y) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(img).save(root / "HR" / "pattern.png")
+    return root
+
+
+class Nearest(torch.nn.Module):
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(scale=scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.config.scale, mode="nearest")
+
+
+@pytest.fixture()
+def fake_checkpoint(monkeypatch):
+    """Stands in for ribsr.checkpoint.resolve_model (the core package's loader)."""
+    calls = []
+
+    def resolve_model(spec, config=None, scale=None, device="cpu", dtype=None):
+        calls.append({"spec": spec, "config": config, "scale": scale, "device": device})
+        return Nearest(scale or 3)
+
+    monkeypatch.setitem(sys.modules, "ribsr.checkpoint", types.SimpleNamespace(resolve_model=resolve_model))
+    return calls
+
+
+def test_bicubic_table_and_json(dataset, tmp_path, capsys):
+    out_json = tmp_path / "res" / "r.json"
+    rc = main(["evaluate", "--model", "bicubic", "--data", str(dataset), "--scale", "2",
+               "--json", str(out_json), "--save-images", str(tmp_path / "sr")])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "PSNR" in table and "Mini" in table and "x2" in table
+    data = json.loads(out_json.read_text())
+    (row,) = data["results"]
+    assert {"dataset", "scale", "psnr", "ssim", "images"} <= set(row)
+    assert row["dataset"] == "Mini" and row["scale"] == 2 and row["images"] == 1
+    assert f"{row['psnr']:.2f}" in table and f"{row['ssim']:.4f}" in table
+    assert (tmp_path / "sr" / "Mini" / "X2" / "pattern.png").is_file()
+    main(["evaluate", "--model", "bicubic", "--data", str(dataset), "--scale", "2", "--rgb",
+          "--crop-border", "0", "--json", str(out_json)])
+    assert json.loads(out_json.read_text())["results"][0]["psnr"] != row["psnr"]
+
+
+def test_failures_are_named_and_set_the_exit_code(dataset, capsys):
+    (dataset / "HR" / "zz_broken.png").write_bytes(b"\x89PNG broken")
+    rc = main(["evaluate", "--model", "bicubic", "--data", str(dataset), "--scale", "2"])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "zz_broken.png" in captured.err
+    assert "1 failed" in captured.out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "bicubic"], "--scale is required"),
+        (["--model", "bicubic", "--scale", "2", "--self-ensemble"], "apply to models"),
+        (["--model", "m.pth", "--tile", "64"], "--tile"),
+    ],
+)
+def test_usage_errors(dataset, args, message, capsys, fake_checkpoint):
+    assert main(["evaluate", "--data", str(dataset), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    rc = main(["evaluate", "--model", "bicubic", "--data", str(tmp_path / "nope"), "--scale", "2"])
+    assert rc == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_model_path_uses_resolve_model(dataset, tmp_path, fake_checkpoint):
+    out_json = tmp_path / "m.json"
+    rc = main(["evaluate", "--model", "weights.safetensors", "--data", str(dataset), "--self-ensemble",
+               "--json", str(out_json)])
+    assert rc == 0
+    expected_call = {"spec": "weights.safetensors", "config": None, "scale": None, "device": "cpu"}
+    assert fake_checkpoint == [expected_call]
+    (row,) = json.loads(out_json.read_text())["results"]
+    assert row["scale"] == 3 and row["images"] == 1  # the model's own scale
+    rc = main(["evaluate", "--data", str(dataset), "--scale", "2", "--json", str(out_json)])
+    assert rc == 0 and fake_checkpoint[-1]["spec"] is None and fake_checkpoint[-1]["scale"] == 2
+    assert json.loads(out_json.read_text())["results"][0]["scale"] == 2

@@ -315,3 +315,74 @@ def test_upscale_pil_keeps_the_mode(nearest_model, mode):
     out = Upscaler(nearest_model(), tile=0).upscale(im)
     assert out.mode == mode and out.size == (20, 24)
     np.testing.assert_array_equal(np.asarray(out)[::2, ::2], np.asarray(im))
+
+
+def test_alpha_is_upscaled_with_bicubic_imresize(nearest_model):
+    from ribsr.imresize import imresize
+
+    rng = np.random.default_rng(2)
+    arr = rng.integers(0, 65536, (12, 10, 4)).astype(np.uint16)
+    out = Upscaler(nearest_model(), tile=0).upscale(arr)
+    assert out.shape == (24, 20, 4) and out.dtype == np.uint16
+    expected = np.clip(imresize(arr[..., 3].astype(np.float32) / 65535, 2), 0, 1)
+    np.testing.assert_allclose(out[..., 3] / 65535, expected, atol=1 / 65535)
+    np.testing.assert_array_equal(out[::2, ::2, :3], arr[..., :3])  # colour through the (nearest) model
+    im = Image.fromarray(arr[..., :4].astype(np.uint8))  # RGBA
+    assert Upscaler(nearest_model(), tile=0).upscale(im).mode == "RGBA"
+
+
+def test_auto_tile_skips_measuring_when_the_image_clearly_fits(window_model, monkeypatch):
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured although the image fits")
+
+    monkeypatch.setattr(inference, "measure_memory_cost", no_measuring)
+    assert Upscaler(window_model(), max_memory=4).plan(300, 200) == (None, 1)
+    with pytest.raises(AssertionError, match="measured"):
+        Upscaler(window_model(), max_memory=0.01).plan(3000, 2000)
+
+
+# ---------------------------------------------------------------------- the real network
+def small_sst():
+    """A two-block SST with windows up to 32 (random weights: enough to test tiling fidelity)."""
+    import ribsr
+
+    torch.manual_seed(0)
+    return ribsr.build_model("light", scale=2, dim=12, n_blocks=2, window_sizes=(4, 8, 16, 8, 16, 32)).eval()
+
+
+def test_sst_tiled_close_to_untiled():
+    model = small_sst()
+    assert model_geometry(model) == (2, 32)
+    x = smooth_image(100, 90, seed=5)
+    with torch.no_grad():
+        ref = model(x)
+    out = tiled_forward(model, x, tile=64)
+    assert psnr(out, ref) >= 55  # measured 65.5 dB
+
+
+def test_modelled_cost_over_estimates_the_measured_one():
+    model = small_sst()
+    modelled = inference.modelled_memory_cost(model)
+    measured = measure_memory_cost(model, align=32)
+    assert measured.method == "measured on cpu"
+    for side in (128, 512):
+        assert modelled.bytes_for(side * side) > measured.bytes_for(side * side), (modelled, measured)
+
+
+@pytest.mark.slow
+def test_light_tiled_vs_untiled_on_set14(datasets_dir):
+    """The acceptance check: tiles of 128 (the smallest) with the default overlap, >= 50 dB on every
+    Set14 image, random-init ``light`` x2 (about 15 minutes on 2 CPU cores)."""
+    import ribsr
+    from ribsr.imageio import read_image
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = ribsr.build_model("light", scale=2).eval()
+    files = sorted((datasets_dir / "Set14" / "LR_bicubic" / "X2").glob("*.png"))
+    assert len(files) == 14
+    for f in files:
+        x = torch.from_numpy(read_image(f).rgb).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            ref = model(x)
+        assert psnr(tiled_forward(model, x, tile=128), ref) >= 50, f.name

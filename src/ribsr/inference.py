@@ -250,9 +250,29 @@ class MemoryCost:
         return self.fixed_bytes + self.bytes_per_pixel * pixels
 
 
-# Bytes per input pixel and per feature channel when nothing can be measured: calibrated on the
-# ``light`` preset on CPU in float32 (see docs/upscale.md), with a safety margin.
+# Bytes per input pixel and per feature channel for the modelled (unmeasured) cost. Measured on
+# ``light`` x2 on CPU in float32: 2.6-3.8 KB per pixel for 48 channels, i.e. 55-80 per channel
+# (docs/upscale.md); 160 leaves a margin of two or more, so the modelled cost is an upper bound.
 MODELLED_BYTES_PER_PIXEL_PER_CHANNEL = 160.0
+
+
+def modelled_memory_cost(model: nn.Module) -> MemoryCost:
+    """A generous estimate of a model's memory cost from its configuration, without running it.
+
+    Per input pixel: :data:`MODELLED_BYTES_PER_PIXEL_PER_CHANNEL` times the feature width
+    (``config.dim``), scaled by the parameter dtype's size. Fixed: twice the largest dense positional
+    bias of one attention layer, ``heads * ws**4 * 4`` bytes, which the CPU attention path builds
+    once per layer. A rough model meant to over-estimate; :func:`measure_memory_cost` measures.
+    """
+    config = getattr(model, "config", None)
+    dim = getattr(config, "dim", 64)
+    windows = tuple(getattr(config, "window_sizes", ()) or (1,))
+    heads = tuple(getattr(config, "num_heads", ()) or (1,) * len(windows))
+    param = next(iter(model.parameters()), None)
+    bits = torch.finfo(param.dtype).bits if param is not None else 32
+    fixed = 2 * max(h * ws**4 * 4 for ws, h in zip(windows, heads, strict=False))
+    return MemoryCost(float(fixed), MODELLED_BYTES_PER_PIXEL_PER_CHANNEL * dim * bits / 32,
+                      "modelled from the configuration")
 
 
 def _proc_status(key: str) -> int:
@@ -294,25 +314,30 @@ def _peak_of(fn: Callable[[], Any], device: torch.device) -> float:
 
 @torch.no_grad()
 def measure_memory_cost(model: nn.Module, align: int, channels: int = 3) -> MemoryCost:
-    """Measure the peak memory of forward passes on ``2*align`` and ``3*align`` square inputs and fit
-    a straight line through the two points.
+    """Measure the peak memory of forward passes on two square inputs, ``n`` and ``2n`` pixels wide
+    (``n`` the smallest multiple of ``align`` from 64), after a warm-up pass that takes one-time
+    allocations out of the numbers, and fit a straight line.
 
-    On CUDA the numbers are PyTorch's own allocation counters (exact for tensors); on Linux CPUs they
-    are the growth of the process's peak resident size, which also counts allocator slack and so
-    errs on the high side. Where neither is available (other systems) the cost is modelled as
-    :data:`MODELLED_BYTES_PER_PIXEL_PER_CHANNEL` times the model's feature width, a rough estimate.
+    On CUDA the numbers are PyTorch's allocation counters (exact for tensors); on Linux CPUs they are
+    the growth of the process's peak resident size (VmHWM, reset through /proc/self/clear_refs),
+    which also counts allocator slack. On ``light`` the line through these two small sizes has a
+    steeper slope than the cost of large tiles (3.8 vs 2.6 KB/pixel), so it errs on the safe side.
+    Where nothing can be measured (no /proc) the result is :func:`modelled_memory_cost`.
     """
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
-    sizes = (2 * align, 3 * align)
+
+    def forward(p: int) -> Callable[[], Any]:
+        return lambda: model(torch.rand(1, channels, p, p, device=device, dtype=dtype))
+
+    side = -(-64 // align) * align  # at least 64 pixels, so that the pixels outweigh the noise
+    sizes = (side, 2 * side)
     try:
-        peaks = [_peak_of(lambda p=p: model(torch.rand(1, channels, p, p, device=device, dtype=dtype)),
-                          device) for p in sizes]
+        _peak_of(forward(side), device)  # warm-up: lazily built kernels and caches
+        peaks = [_peak_of(forward(p), device) for p in sizes]
     except OSError:
-        dim = getattr(getattr(model, "config", None), "dim", 64)
-        per_pixel = MODELLED_BYTES_PER_PIXEL_PER_CHANNEL * dim * torch.finfo(dtype).bits / 32
-        return MemoryCost(0.0, per_pixel, "modelled from the feature width (no measurement possible)")
+        return modelled_memory_cost(model)
     pixels = [p * p for p in sizes]
     slope = (peaks[1] - peaks[0]) / (pixels[1] - pixels[0])
     if slope <= 0:  # measurement noise: charge everything to the pixels
@@ -343,6 +368,12 @@ def available_memory(device: torch.device) -> float:
     return 4.0 * GIB
 
 
+def fits_untiled(h: int, w: int, scale: int, align: int, budget_bytes: float, cost: MemoryCost) -> bool:
+    """Whether an (h, w) image fits ``budget_bytes`` in one forward pass, by ``cost``."""
+    hp, wp = -(-h // align) * align, -(-w // align) * align  # the model pads to whole windows
+    return image_buffer_bytes(h, w, scale) + cost.bytes_for(hp * wp) <= budget_bytes
+
+
 def choose_tiling(
     h: int,
     w: int,
@@ -355,10 +386,10 @@ def choose_tiling(
     """(tile, batch size) whose estimated peak fits ``budget_bytes``: no tiling (None) when the whole
     image fits, else the largest aligned square tile, then as many tiles per batch as still fit.
     Never smaller than ``2 * align`` (the budget may then be exceeded)."""
-    avail = budget_bytes - image_buffer_bytes(h, w, scale) - cost.fixed_bytes
-    hp, wp = -(-h // align) * align, -(-w // align) * align  # the model pads to whole windows
-    if cost.bytes_per_pixel * hp * wp <= avail:
+    if fits_untiled(h, w, scale, align, budget_bytes, cost):
         return None, 1
+    avail = budget_bytes - image_buffer_bytes(h, w, scale) - cost.fixed_bytes
+    hp, wp = -(-h // align) * align, -(-w // align) * align
     pixels = max(avail, 0.0) / cost.bytes_per_pixel
     tile = max(2 * align, int(math.sqrt(pixels)) // align * align)
     if pixels < tile * tile:
@@ -471,11 +502,13 @@ class Upscaler:
 
     def plan(self, h: int, w: int) -> tuple[int | None, int]:
         """(tile side or None for no tiling, tiles per batch) for an (h, w) input."""
-        budget = self.max_memory * GIB if self.max_memory else None
+        budget = self.max_memory * GIB if self.max_memory else available_memory(self.device)
         auto_batch = self.batch_size is None and self.device.type == "cuda"
-        if self.tile == "auto" or (self.tile and auto_batch):
-            tile, batch = choose_tiling(h, w, self.scale, self.align,
-                                        budget or available_memory(self.device), self.memory_cost)
+        if self.tile == "auto" and fits_untiled(h, w, self.scale, self.align, budget,
+                                                modelled_memory_cost(self.model)):
+            tile, batch = None, 1  # fits even by the generous model: no need to measure
+        elif self.tile == "auto" or (self.tile and auto_batch):
+            tile, batch = choose_tiling(h, w, self.scale, self.align, budget, self.memory_cost)
             if self.tile != "auto":
                 tile = int(self.tile)
         else:

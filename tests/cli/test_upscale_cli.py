@@ -165,6 +165,14 @@ def test_colliding_output_names_are_reported(tmp_path, stand_in, capsys):
         assert im.size == (24, 20)  # the first input, a.bmp, won
 
 
+def test_input_is_never_replaced(tmp_path, stand_in, capsys):
+    make_png(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path), "--suffix=", "--model", "m", "--overwrite"])
+    assert rc == 1 and "replace the input" in capsys.readouterr().err
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
 def test_no_images_is_an_error(tmp_path, stand_in, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["upscale", str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 1

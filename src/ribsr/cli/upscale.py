@@ -163,6 +163,8 @@ def output_path(job: Job, out_dir: Path, suffix: str, fmt: str) -> tuple[Path, s
     root = out_dir.resolve()
     if not dest.parent.resolve().is_relative_to(root):
         raise ValueError(f"{job.source}: output {dest} would lie outside {out_dir}")
+    if dest.resolve() == job.source.resolve():
+        raise ValueError(f"{job.source}: the output would replace the input (choose another -o or --suffix)")
     return dest, pil_format
 
 

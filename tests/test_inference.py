@@ -193,6 +193,16 @@ def test_choose_tiling_fits_the_budget():
     assert inference.image_buffer_bytes(2000, 2000, 2) + cost.bytes_for(bigger * bigger) > budget
 
 
+def test_batch_that_fits():
+    cost = MemoryCost(fixed_bytes=0.0, bytes_per_pixel=1000.0, method="test")
+    buffers = inference.image_buffer_bytes(1000, 1000, 2)
+    # room for exactly 3 tiles of 128x128 (a tile of 100 is rounded up to 128)
+    budget = buffers + 3 * 128 * 128 * 1000 + 1
+    assert inference.batch_that_fits(1000, 1000, 2, 64, 100, budget, cost) == 3
+    assert inference.batch_that_fits(1000, 1000, 2, 64, 128, budget * 10, cost) == 8  # capped
+    assert inference.batch_that_fits(1000, 1000, 2, 64, 128, 1.0, cost) == 1  # at least one
+
+
 def test_choose_tiling_never_goes_below_two_windows():
     cost = MemoryCost(0.0, 1e6, "test")
     assert choose_tiling(500, 500, 2, 64, budget_bytes=1e6, cost=cost) == (128, 1)
@@ -260,6 +270,7 @@ def test_max_memory_plans_tiles(window_model):
     assert tile == 32 and batch == 1
     assert Upscaler(window_model(), max_memory=8).plan(64, 64) == (None, 1)
     assert Upscaler(window_model(), tile=64, batch_size=3).plan(400, 400) == (64, 3)
+    assert Upscaler(window_model(), tile=32, max_memory=8).plan(400, 400) == (32, 8)  # batch from memory
     assert Upscaler(window_model(), tile=0).plan(400, 400) == (None, 1)
 
 

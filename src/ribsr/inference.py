@@ -374,6 +374,17 @@ def fits_untiled(h: int, w: int, scale: int, align: int, budget_bytes: float, co
     return image_buffer_bytes(h, w, scale) + cost.bytes_for(hp * wp) <= budget_bytes
 
 
+def batch_that_fits(
+    h: int, w: int, scale: int, align: int, tile: int, budget_bytes: float, cost: MemoryCost, max_batch: int = 8
+) -> int:
+    """How many tiles of side ``tile`` (rounded as :func:`tile_layout` rounds it) fit ``budget_bytes``
+    in one batch, between 1 and ``max_batch``."""
+    tile = max(2 * align, -(-tile // align) * align)
+    th, tw = min(tile, -(-h // align) * align), min(tile, -(-w // align) * align)
+    avail = budget_bytes - image_buffer_bytes(h, w, scale) - cost.fixed_bytes
+    return int(max(1, min(max_batch, max(avail, 0.0) / cost.bytes_per_pixel // (th * tw))))
+
+
 def choose_tiling(
     h: int,
     w: int,
@@ -389,15 +400,12 @@ def choose_tiling(
     if fits_untiled(h, w, scale, align, budget_bytes, cost):
         return None, 1
     avail = budget_bytes - image_buffer_bytes(h, w, scale) - cost.fixed_bytes
-    hp, wp = -(-h // align) * align, -(-w // align) * align
     pixels = max(avail, 0.0) / cost.bytes_per_pixel
     tile = max(2 * align, int(math.sqrt(pixels)) // align * align)
     if pixels < tile * tile:
         log.warning("memory budget of %.2f GiB is below what one %dx%d tile needs; using that tile anyway",
                     budget_bytes / GIB, tile, tile)
-    th, tw = min(tile, hp), min(tile, wp)
-    batch = int(max(1, min(max_batch, pixels // (th * tw))))
-    return tile, batch
+    return tile, batch_that_fits(h, w, scale, align, tile, budget_bytes, cost, max_batch)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -437,8 +445,8 @@ class Upscaler:
             the whole image fits; ``0``/None never tiles (unless memory runs out); an int is the tile
             side in input pixels (rounded up to a multiple of the alignment unit).
         overlap: minimum overlap of tiles in input pixels (default: one alignment unit).
-        batch_size: tiles per forward pass; None chooses from the memory budget on CUDA and uses
-            1 on CPU, where batching does not speed things up (docs/upscale.md).
+        batch_size: tiles per forward pass; None: as many as fit the memory budget, at most 8
+            (batches of 4 tiles ran 1.4x faster than single tiles on CPU, docs/upscale.md).
         max_memory: memory budget in GiB for one image (network activations and the image's
             buffers, not the model weights or the PyTorch runtime); None: what is free now.
         dtype: ``"auto"`` (float32 on CPU, bfloat16 or float16 on CUDA), ``"float32"``,
@@ -503,18 +511,19 @@ class Upscaler:
     def plan(self, h: int, w: int) -> tuple[int | None, int]:
         """(tile side or None for no tiling, tiles per batch) for an (h, w) input."""
         budget = self.max_memory * GIB if self.max_memory else available_memory(self.device)
-        auto_batch = self.batch_size is None and self.device.type == "cuda"
-        if self.tile == "auto" and fits_untiled(h, w, self.scale, self.align, budget,
-                                                modelled_memory_cost(self.model)):
-            tile, batch = None, 1  # fits even by the generous model: no need to measure
-        elif self.tile == "auto" or (self.tile and auto_batch):
-            tile, batch = choose_tiling(h, w, self.scale, self.align, budget, self.memory_cost)
-            if self.tile != "auto":
-                tile = int(self.tile)
+        if self.tile == "auto":
+            if fits_untiled(h, w, self.scale, self.align, budget, modelled_memory_cost(self.model)):
+                tile, batch = None, 1  # fits even by the generous model: no need to measure
+            else:
+                tile, batch = choose_tiling(h, w, self.scale, self.align, budget, self.memory_cost)
+        elif self.tile:
+            tile = int(self.tile)
+            batch = self.batch_size or batch_that_fits(h, w, self.scale, self.align, tile, budget,
+                                                       self.memory_cost)
         else:
-            tile, batch = (int(self.tile) if self.tile else None), 1
-        if not auto_batch:
-            batch = self.batch_size or 1
+            tile, batch = None, 1
+        if self.batch_size is not None:
+            batch = self.batch_size
         if self._tile_cap is not None and (tile is None or tile > self._tile_cap):
             tile = self._tile_cap
         return tile, batch

@@ -81,7 +81,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--tile-overlap", type=int, default=None, metavar="P",
                    help="minimum tile overlap in input pixels (default: the model's largest window)")
     p.add_argument("--batch-size", type=_positive(int), default=None,
-                   help="tiles per forward pass (default: 1 on CPU, from free memory on CUDA)")
+                   help="tiles per forward pass (default: as many as fit the memory budget, at most 8)")
     p.add_argument("--max-memory", type=_positive(float), default=None, metavar="GB",
                    help="memory budget in GiB for one image's activations and buffers")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")

@@ -383,7 +383,7 @@ def test_modelled_cost_over_estimates_the_measured_one():
 @pytest.mark.slow
 def test_light_tiled_vs_untiled_on_set14(datasets_dir):
     """The acceptance check: tiles of 128 (the smallest) with the default overlap, >= 50 dB on every
-    Set14 image, random-init ``light`` x2 (about 15 minutes on 2 CPU cores)."""
+    Set14 image, random-init ``light`` x2 (about 40 minutes on 2 busy CPU cores)."""
     import ribsr
     from ribsr.imageio import read_image
 

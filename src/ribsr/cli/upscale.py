@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     rate = megapixels / seconds if seconds > 0 else 0.0
     print(
         f"{done} image{'s' if done != 1 else ''} upscaled x{upscaler.scale} into {out_dir} "
-        f"in {seconds:.1f} s ({megapixels:.2f} input megapixels, {rate:.3f} MP/s; "
+        f"in {seconds:.1f} s ({megapixels:.2f} input megapixels, {rate:.3g} MP/s; "
         f"model loaded in {load_s:.1f} s); {skipped} skipped, {failed} failed"
     )
     return 1 if failed else 0

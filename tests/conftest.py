@@ -1,12 +1,17 @@
-"""Shared test fixtures: where the shared data lives (configurable, skipped when absent)."""
+"""Shared test fixtures: where the shared data lives (configurable, skipped when absent), and small
+stand-in networks for the tiling/upscaling tests."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,3 +42,55 @@ def datasets_dir() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+class NearestUp(nn.Module):
+    """Stand-in with purely local output: nearest-neighbour upsampling (tiled == untiled exactly)."""
+
+    def __init__(self, scale: int = 2, window_sizes: tuple[int, ...] = (4, 8, 16)) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(scale=scale, window_sizes=tuple(window_sizes), dim=3)
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(x.shape))
+        return F.interpolate(x, scale_factor=self.config.scale, mode="nearest")
+
+
+class WindowMixer(nn.Module):
+    """Stand-in whose output depends on non-local context as windowed attention does.
+
+    Like SST it pads the input to whole windows of the largest size, then each layer mixes every
+    pixel with the mean of its window (windows of ``window_sizes`` starting at the top-left corner)
+    and with a 3x3 convolution; a pixel-shuffle tail upsamples. Fixed random weights (seeded).
+    """
+
+    def __init__(self, scale: int = 2, window_sizes: tuple[int, ...] = (4, 8, 16), dim: int = 8,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(scale=scale, window_sizes=tuple(window_sizes), dim=dim)
+        torch.manual_seed(seed)
+        self.head = nn.Conv2d(3, dim, 3, padding=1)
+        self.mix = nn.ModuleList(nn.Conv2d(2 * dim, dim, 3, padding=1) for _ in window_sizes)
+        self.tail = nn.Conv2d(dim, 3 * scale * scale, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, (h, w) = self.config.scale, x.shape[-2:]
+        a = math.lcm(*self.config.window_sizes)
+        x = F.pad(x, (0, -w % a, 0, -h % a), mode="replicate")
+        f = self.head(x)
+        for ws, conv in zip(self.config.window_sizes, self.mix, strict=True):
+            mean = F.interpolate(F.avg_pool2d(f, ws), scale_factor=ws, mode="nearest")  # window means
+            f = f + torch.tanh(conv(torch.cat([f, mean], dim=1)))
+        y = F.pixel_shuffle(self.tail(f), s) + F.interpolate(x, scale_factor=s, mode="bilinear")
+        return y[..., : s * h, : s * w]
+
+
+@pytest.fixture
+def nearest_model() -> type[NearestUp]:
+    return NearestUp
+
+
+@pytest.fixture
+def window_model() -> type[WindowMixer]:
+    return WindowMixer

@@ -3,12 +3,13 @@
 from ribsr.checkpoint import CheckpointError, build_model, convert_checkpoint, load_model, save_model
 from ribsr.config import PRESETS, ConfigError, SSTConfig, preset
 from ribsr.imresize import imresize
+from ribsr.inference import Upscaler
 from ribsr.metrics import psnr, ssim
 from ribsr.model import SST
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "SST", "CheckpointError", "ConfigError", "SSTConfig", "__version__", "build_model",
+    "PRESETS", "SST", "CheckpointError", "ConfigError", "SSTConfig", "Upscaler", "__version__", "build_model",
     "convert_checkpoint", "imresize", "load_model", "preset", "psnr", "save_model", "ssim",
 ]

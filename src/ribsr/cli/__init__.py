@@ -11,10 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ribsr.cli import bench, convert, evaluate, info, verify
+from ribsr.cli import bench, convert, evaluate, info, upscale, verify
 
 # Plain list: adding a command means importing its module and listing it here.
-COMMANDS = [verify, evaluate, convert, info, bench]
+COMMANDS = [upscale, evaluate, verify, convert, info, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,273 @@
+"""``ribsr upscale``: super-resolve image files, folders or globs into an output folder."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ribsr.imageio import FORMATS, IMAGE_SUFFIXES
+
+# Output format for ``--format same``, from the input's file name suffix (others: PNG).
+SUFFIX_FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG",
+    ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+}
+
+EPILOG = """\
+Outputs are written to OUTPUT/{stem}{suffix}.png (with --format same: the input's format and
+extension; GIF and other formats become PNG). Folders given with --recursive keep their sub-folder
+structure under OUTPUT. Existing outputs are skipped unless --overwrite is given; every image is
+written to a temporary file first and renamed into place.
+
+--tile auto (default) picks the largest tile that fits --max-memory (default: what is free now),
+or no tiling when the whole image fits; --tile 0 disables tiling; on an out-of-memory error the
+image is retried with smaller tiles. --dtype auto is float32 on CPU and bfloat16 (float16 where
+bfloat16 is unsupported) on CUDA.
+
+The exit status is 0 when every image was written or skipped, 1 when any failed.
+"""
+
+
+def _tile(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of pixels, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"tile must be >= 0, got {n}")
+    return n
+
+
+def _positive(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+        return v
+
+    return parse
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "upscale",
+        help="super-resolve images (files, folders or globs)",
+        description="Super-resolve images with an SST model.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--output", default="results", metavar="OUT",
+                   help="output folder (default: %(default)s)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint path (default: the bundled default model)")
+    p.add_argument("--config", default=None,
+                   help="network configuration (preset name or YAML/JSON) for checkpoints without one")
+    p.add_argument("--scale", type=int, default=None, help="upscaling factor (checked against the model)")
+    p.add_argument("--tile", type=_tile, default="auto", metavar="N",
+                   help="tile side in input pixels, 0 for no tiling, or auto (default)")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="P",
+                   help="minimum tile overlap in input pixels (default: the model's largest window)")
+    p.add_argument("--batch-size", type=_positive(int), default=None,
+                   help="tiles per forward pass (default: as many as fit the memory budget, at most 8)")
+    p.add_argument("--max-memory", type=_positive(float), default=None, metavar="GB",
+                   help="memory budget in GiB for one image's activations and buffers")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="average the 8 flips/rotations (8x slower, slightly better)")
+    p.add_argument("--suffix", default=None, help="added to output names (default: _x{scale})")
+    p.add_argument("--format", choices=("png", "same"), default="png", help="output format (default: png)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------- input discovery
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    relative: Path  # where the output goes below the output folder (before suffix/extension)
+
+
+def _walk(root: Path, recursive: bool, exclude: Path) -> Iterator[Path]:
+    """Image files in ``root`` (sorted; sub-folders when ``recursive``), hidden files and the
+    output folder left out; symbolic links to folders are not followed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if recursive and not d.startswith(".") and (here / d).resolve() != exclude
+        )
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield here / name
+
+
+def discover(inputs: list[str], recursive: bool, exclude: Path) -> tuple[list[Job], list[str]]:
+    """Jobs for the given files, folders and globs, and a message for each input that matched nothing."""
+    jobs: list[Job] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def add(source: Path, relative: Path) -> None:
+        key = source.resolve()
+        if key not in seen:
+            seen.add(key)
+            jobs.append(Job(source, relative))
+
+    def add_path(path: Path) -> bool:
+        if path.is_dir():
+            for f in _walk(path, recursive, exclude):
+                add(f, f.relative_to(path))
+            return True
+        if path.is_file():
+            add(path, Path(path.name))
+            return True
+        return False
+
+    for spec in inputs:
+        if add_path(Path(spec)):
+            continue
+        if glob.has_magic(spec):
+            matches = sorted(glob.glob(spec, recursive=recursive))
+            if any([add_path(Path(m)) for m in matches]):
+                continue
+        problems.append(f"{spec}: no such file or folder, and no file matches it")
+    return jobs, problems
+
+
+def output_path(job: Job, out_dir: Path, suffix: str, fmt: str) -> tuple[Path, str]:
+    """(output file, Pillow format) of a job; raises ValueError if it would lie outside ``out_dir``."""
+    if fmt == "same":
+        pil_format = SUFFIX_FORMATS.get(job.source.suffix.lower(), "PNG")
+        ext = job.source.suffix.lower() if pil_format != "PNG" else ".png"
+    else:
+        pil_format, ext = "PNG", FORMATS["PNG"].suffix
+    rel = job.relative
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"{job.source}: output name {rel} would leave the output folder")
+    dest = out_dir / rel.parent / f"{rel.stem}{suffix}{ext}"
+    root = out_dir.resolve()
+    if not dest.parent.resolve().is_relative_to(root):
+        raise ValueError(f"{job.source}: output {dest} would lie outside {out_dir}")
+    if dest.resolve() == job.source.resolve():
+        raise ValueError(f"{job.source}: the output would replace the input (choose another -o or --suffix)")
+    return dest, pil_format
+
+
+# ---------------------------------------------------------------------- running
+def load_model(args: argparse.Namespace, device: str) -> Any:
+    """The network for ``--model``/``--config``/``--scale`` (None: the bundled default model)."""
+    from ribsr.checkpoint import resolve_model
+
+    return resolve_model(args.model, config=args.config, scale=args.scale, device=device)
+
+
+def _err(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ribsr.imageio import ImageReadError, read_image, write_image
+    from ribsr.inference import Upscaler, is_out_of_memory, resolve_device
+
+    out_dir = Path(args.output)
+    jobs, problems = discover(args.inputs, args.recursive, out_dir.resolve())
+    for message in problems:
+        _err(f"error: {message}")
+    if not jobs:
+        _err("error: no images to upscale")
+        return 1
+    failed = len(problems)
+
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    model = load_model(args, str(device))
+    upscaler = Upscaler(model, tile=args.tile, overlap=args.tile_overlap, batch_size=args.batch_size,
+                        max_memory=args.max_memory, dtype=args.dtype, device=device,
+                        self_ensemble=args.self_ensemble)
+    if args.scale is not None and upscaler.scale != args.scale:
+        raise ValueError(f"--scale {args.scale} asked for, but the model upscales x{upscaler.scale}")
+    load_s = time.perf_counter() - t0
+    suffix = f"_x{upscaler.scale}" if args.suffix is None else args.suffix
+
+    pending: list[tuple[Job, Path, str]] = []
+    used: dict[Path, Path] = {}
+    skipped = 0
+    for job in jobs:
+        try:
+            dest, pil_format = output_path(job, out_dir, suffix, args.format)
+        except ValueError as exc:
+            _err(f"error: {exc}")
+            failed += 1
+            continue
+        if dest in used:
+            _err(f"error: {job.source}: output {dest} is already the output of {used[dest]}; skipped")
+            failed += 1
+            continue
+        used[dest] = job.source
+        if dest.exists() and not args.overwrite:
+            _err(f"skipping {job.source}: {dest} exists (use --overwrite)")
+            skipped += 1
+            continue
+        pending.append((job, dest, pil_format))
+
+    done, megapixels = 0, 0.0
+    t1 = time.perf_counter()
+    with tqdm(total=len(pending), unit="img", disable=None, dynamic_ncols=True) as images:
+        for job, dest, pil_format in pending:
+            images.set_postfix_str(job.source.name)
+            try:
+                img = read_image(job.source)
+                for note in img.notes:
+                    _err(f"note: {job.source}: {note}")
+                with tqdm(unit="tile", leave=False, disable=None, dynamic_ncols=True) as tiles:
+
+                    def progress(n: int, total: int, bar: Any = tiles) -> None:
+                        bar.total = total
+                        bar.update(n - bar.n)
+
+                    result = upscaler.upscale_decoded(img, progress)
+                for note in write_image(result, dest, pil_format, overwrite=args.overwrite):
+                    _err(f"note: {dest}: {note}")
+            except ImageReadError as exc:
+                _err(f"error: {exc}")
+                failed += 1
+            except FileExistsError as exc:
+                _err(f"skipping {job.source}: {exc}")
+                skipped += 1
+            except (OSError, ValueError, MemoryError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and not is_out_of_memory(exc):
+                    raise
+                _err(f"error: {job.source}: {exc}")
+                failed += 1
+            else:
+                done += 1
+                width, height = img.size
+                megapixels += width * height / 1e6
+            images.update(1)
+    seconds = time.perf_counter() - t1
+    rate = megapixels / seconds if seconds > 0 else 0.0
+    print(
+        f"{done} image{'s' if done != 1 else ''} upscaled x{upscaler.scale} into {out_dir} "
+        f"in {seconds:.1f} s ({megapixels:.2f} input megapixels, {rate:.3g} MP/s; "
+        f"model loaded in {load_s:.1f} s); {skipped} skipped, {failed} failed"
+    )
+    return 1 if failed else 0

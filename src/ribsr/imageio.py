@@ -1,0 +1,397 @@
+"""Reading and writing images as people have them, for upscaling.
+
+Every image is turned into an RGB float array in [0, 1] (what the network takes) plus what is
+needed to write the result back in the same form: bit depth (8 or 16), whether it was grayscale,
+its alpha channel, its format and ICC profile, and notes about conversions the user should know
+of (palette, CMYK, ...). EXIF orientation is applied on reading. Writing is atomic: the image is
+written to a temporary file in the destination folder and renamed into place.
+
+Pillow reads 16-bit colour PNGs as 8-bit, so those (and only those) are read and written with
+pypng; 16-bit grayscale PNGs go through Pillow's ``I;16`` mode.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Suffixes picked up when a folder is given as input.
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+)
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image (missing, corrupt, truncated or unsupported)."""
+
+
+@dataclass
+class DecodedImage:
+    """An image ready for the network, and what is needed to write it back in its own form."""
+
+    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]; grayscale images are replicated to 3 channels
+    alpha: np.ndarray | None = None  # (H, W) float32 in [0, 1]
+    bit_depth: int = 8  # bits per sample to write back: 8 or 16
+    grayscale: bool = False
+    format: str | None = None  # Pillow's name of the file format ("PNG", "JPEG", ...)
+    mode: str = "RGB"  # the mode of the source, as Pillow names it ("RGB;16" etc. for 16-bit colour PNG)
+    icc_profile: bytes | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+    def with_pixels(self, rgb: np.ndarray, alpha: np.ndarray | None) -> DecodedImage:
+        """A copy with other pixels (for instance the upscaled ones) and the same metadata."""
+        return replace(self, rgb=rgb, alpha=alpha, notes=list(self.notes))
+
+
+# ---------------------------------------------------------------------- conversion tables
+# Modes converted before decoding: source mode -> (target mode, note for the user or None).
+_CONVERT: dict[str, tuple[str, str | None]] = {
+    "1": ("L", "1-bit image converted to 8-bit grayscale"),
+    "PA": ("RGBA", "palette image converted to RGBA"),
+    "CMYK": ("RGB", "CMYK image converted to RGB (simple conversion, no colour management)"),
+    "YCbCr": ("RGB", None),
+    "HSV": ("RGB", "HSV image converted to RGB"),
+    "La": ("LA", None),
+    "RGBa": ("RGBA", None),
+    "RGBX": ("RGB", None),
+    "I;16L": ("I;16", None),
+    "I;16B": ("I;16", None),
+    "I;16N": ("I;16", None),
+}
+# Decodable modes: mode -> (grayscale, has alpha, maximum sample value).
+_DECODE: dict[str, tuple[bool, bool, int]] = {
+    "L": (True, False, 255),
+    "LA": (True, True, 255),
+    "RGB": (False, False, 255),
+    "RGBA": (False, True, 255),
+    "I;16": (True, False, 65535),
+    "I": (True, False, 65535),  # 32-bit integer mode, accepted when the values fit in 16 bits
+}
+# Modes that turn a tRNS colour key into an alpha channel.
+_WITH_ALPHA = {"L": "LA", "RGB": "RGBA", "I;16": "LA", "I": "LA"}
+# EXIF orientation tag value -> transform of an (H, W, ...) array, as Pillow's ImageOps.exif_transpose.
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class _Format:
+    suffix: str
+    alpha: bool  # can hold an alpha channel
+    gray16: bool  # can hold 16-bit grayscale
+    color16: bool  # can hold 16-bit colour
+    options: tuple[tuple[str, object], ...] = ()
+
+
+# Formats written; any other input format with ``format="same"`` is written as PNG.
+FORMATS: dict[str, _Format] = {
+    "PNG": _Format(".png", alpha=True, gray16=True, color16=True, options=(("compress_level", 6),)),
+    "JPEG": _Format(".jpg", alpha=False, gray16=False, color16=False,
+                    options=(("quality", 95), ("subsampling", 0))),
+    "WEBP": _Format(".webp", alpha=True, gray16=False, color16=False, options=(("quality", 95),)),
+    "BMP": _Format(".bmp", alpha=False, gray16=False, color16=False),
+    "TIFF": _Format(".tif", alpha=True, gray16=True, color16=False, options=(("compression", "tiff_lzw"),)),
+}
+
+
+# ---------------------------------------------------------------------- decoding
+def _rgb(data: np.ndarray, gray: bool) -> np.ndarray:
+    """(H, W, C) float32 samples -> a writable contiguous (H, W, 3) RGB array (gray replicated)."""
+    if gray:
+        return np.repeat(data[..., :1], 3, axis=2)
+    return np.ascontiguousarray(data[..., :3])
+
+
+def from_pil(im: Image.Image) -> DecodedImage:
+    """Decode a Pillow image (any common mode) into a :class:`DecodedImage`; EXIF is not applied."""
+    notes: list[str] = []
+    mode, fmt = im.mode, im.format
+    if mode == "P":
+        target = "RGBA" if im.has_transparency_data else "RGB"
+        notes.append(f"palette image converted to {target}")
+        im = im.convert(target)
+    elif mode in _CONVERT:
+        target, note = _CONVERT[mode]
+        if note:
+            notes.append(note)
+        im = im.convert(target)
+    elif mode in _WITH_ALPHA and "transparency" in im.info:
+        if mode in ("I;16", "I"):
+            notes.append("transparent colour key of a 16-bit grayscale image dropped")
+        else:
+            notes.append("transparent colour key converted to an alpha channel")
+            im = im.convert(_WITH_ALPHA[mode])
+    if im.mode not in _DECODE:
+        raise ValueError(f"unsupported image mode {im.mode!r} (source mode {mode!r})")
+    gray, has_alpha, max_value = _DECODE[im.mode]
+    arr = np.asarray(im)
+    if im.mode == "I":
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError("32-bit integer image with values outside 0..65535 is not supported")
+    data = arr.astype(np.float32) / max_value
+    if data.ndim == 2:
+        data = data[..., None]  # (H, W) -> (H, W, 1)
+    alpha = data[..., -1].copy() if has_alpha else None
+    return DecodedImage(
+        rgb=_rgb(data, gray),
+        alpha=alpha,
+        bit_depth=16 if max_value == 65535 else 8,
+        grayscale=gray,
+        format=fmt,
+        mode=mode,
+        icc_profile=im.info.get("icc_profile"),
+        notes=notes,
+    )
+
+
+def from_array(arr: np.ndarray) -> DecodedImage:
+    """Decode a numpy image: (H, W) or (H, W, C) with C in 1, 3, 4; uint8, uint16 or float in [0, 1]."""
+    if arr.ndim == 2:
+        arr = arr[..., None]  # (H, W) -> (H, W, 1)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an (H, W) or (H, W, 1|3|4) array, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        data, depth = arr.astype(np.float32) / 255, 8
+    elif arr.dtype == np.uint16:
+        data, depth = arr.astype(np.float32) / 65535, 16
+    elif np.issubdtype(arr.dtype, np.floating):
+        data, depth = arr.astype(np.float32), 8
+    else:
+        raise ValueError(f"unsupported array dtype {arr.dtype} (use uint8, uint16 or float)")
+    gray = arr.shape[2] == 1
+    alpha = data[..., 3].copy() if arr.shape[2] == 4 else None
+    return DecodedImage(rgb=_rgb(data, gray), alpha=alpha, bit_depth=depth, grayscale=gray, mode="array")
+
+
+def _png_header(head: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG from its first 26 bytes, or None when not a PNG."""
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _read_png16_color(path: Path) -> DecodedImage:
+    """A 16-bit colour (or gray + alpha) PNG, read with pypng since Pillow drops to 8 bits."""
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])  # (H, W * planes)
+    data = data.reshape(height, width, planes).astype(np.float32) / (2 ** info["bitdepth"] - 1)
+    gray, has_alpha = info["greyscale"], info["alpha"]
+    alpha = data[..., -1].copy() if has_alpha else None
+    rgb = _rgb(data, gray)
+    mode = ("LA" if has_alpha else "L") if gray else ("RGBA" if has_alpha else "RGB")
+    return DecodedImage(rgb=rgb, alpha=alpha, bit_depth=16, grayscale=gray, format="PNG", mode=mode + ";16")
+
+
+def apply_orientation(img: DecodedImage, orientation: int | None) -> DecodedImage:
+    """The image turned upright according to an EXIF orientation value (1-8; others ignored)."""
+    turn = _ORIENT.get(orientation or 1)
+    if turn is None:
+        return img
+    rgb = np.ascontiguousarray(turn(img.rgb))
+    alpha = None if img.alpha is None else np.ascontiguousarray(turn(img.alpha))
+    return img.with_pixels(rgb, alpha)
+
+
+def read_image(path: str | os.PathLike[str]) -> DecodedImage:
+    """Read an image file (PNG, JPEG, WebP, BMP, TIFF, GIF, ...) with EXIF orientation applied.
+
+    Raises :class:`ImageReadError` naming the file when it is missing, corrupt, truncated or of
+    an unsupported kind.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header = _png_header(f.read(26))
+        with Image.open(path) as im:
+            orientation = im.getexif().get(_EXIF_ORIENTATION)
+            if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
+                icc = im.info.get("icc_profile")
+                img = _read_png16_color(path)
+                img.icc_profile = icc
+            else:
+                im.load()  # decode now so that truncated or corrupt data fails here
+                img = from_pil(im)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not a recognised image file") from None
+    except Exception as exc:  # Pillow and pypng raise many types (OSError, SyntaxError, png.Error, ...)
+        raise ImageReadError(f"{path}: cannot read image: {exc}") from exc
+    return apply_orientation(img, orientation)
+
+
+# ---------------------------------------------------------------------- encoding
+def _quantize(data: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float in [0, 1] -> uint8 or uint16, rounded to nearest and clipped (one float temporary)."""
+    max_value, dtype = (65535, np.uint16) if bit_depth == 16 else (255, np.uint8)
+    buf = np.multiply(data, max_value, dtype=np.float32)
+    np.rint(buf, out=buf)
+    np.clip(buf, 0, max_value, out=buf)
+    return buf.astype(dtype)
+
+
+def _planes(img: DecodedImage, keep_alpha: bool) -> np.ndarray:
+    """The channels to store: (H, W, C) with C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA), float."""
+    color = img.rgb.mean(axis=2, keepdims=True) if img.grayscale else img.rgb
+    if keep_alpha and img.alpha is not None:
+        return np.concatenate([color, img.alpha[..., None]], axis=2)
+    return color
+
+
+def to_array(img: DecodedImage, dtype: np.dtype | type, channels: int) -> np.ndarray:
+    """Encode as a numpy array of ``dtype`` (uint8, uint16 or a float dtype) with ``channels`` in 0..4.
+
+    ``channels`` 0 means an (H, W) array (grayscale); floats are clipped to [0, 1].
+    """
+    planes = _planes(img, keep_alpha=channels == 4)
+    if channels in (0, 1) and planes.shape[2] != 1:
+        planes = planes[..., :3].mean(axis=2, keepdims=True)
+    if channels in (3, 4) and planes.shape[2] == 1:
+        planes = np.repeat(planes, 3, axis=2)
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        out = _quantize(planes, 8)
+    elif dtype == np.uint16:
+        out = _quantize(planes, 16)
+    else:
+        out = np.clip(planes, 0, 1).astype(dtype)
+    return out[..., 0] if channels == 0 else out
+
+
+def to_pil(img: DecodedImage, allow_alpha: bool = True) -> Image.Image:
+    """Encode as a Pillow image: L, LA, I;16, RGB or RGBA (16-bit colour is reduced to 8 bits)."""
+    keep_alpha = allow_alpha and img.alpha is not None
+    if img.grayscale and img.bit_depth == 16 and not keep_alpha:
+        im = Image.fromarray(_quantize(_planes(img, False)[..., 0], 16))  # uint16 (H, W): I;16
+    else:
+        planes = _quantize(_planes(img, keep_alpha), 8)  # uint8 (H, W, 1|2|3|4): L, LA, RGB, RGBA
+        im = Image.fromarray(planes[..., 0] if planes.shape[2] == 1 else planes)
+    if img.icc_profile:
+        im.info["icc_profile"] = img.icc_profile
+    return im
+
+
+def _write_png16(img: DecodedImage, f: BinaryIO) -> None:
+    """A 16-bit PNG with pypng (colour and/or alpha; Pillow cannot write those)."""
+    import png
+
+    planes = _quantize(_planes(img, keep_alpha=True), 16)
+    height, width, n = planes.shape
+    writer = png.Writer(width, height, bitdepth=16, greyscale=n <= 2, alpha=n in (2, 4), compression=6)
+    if not img.icc_profile:
+        writer.write(f, planes.reshape(height, width * n))  # (H, W, C) -> (H, W * C) rows
+        return
+    buf = io.BytesIO()
+    writer.write(buf, planes.reshape(height, width * n))
+    chunks = list(png.Reader(bytes=buf.getvalue()).chunks())
+    chunks.insert(1, (b"iCCP", b"icc\x00\x00" + zlib.compress(img.icc_profile)))
+    png.write_chunks(f, chunks)
+
+
+def output_format(img: DecodedImage, fmt: str) -> str:
+    """The Pillow format to write: ``fmt`` is ``"png"``, ``"same"`` (the input's) or a format name."""
+    name = img.format if fmt.lower() == "same" else fmt
+    name = (name or "PNG").upper()
+    name = {"JPG": "JPEG", "TIF": "TIFF"}.get(name, name)
+    return name if name in FORMATS else "PNG"
+
+
+def _encode(img: DecodedImage, fmt: str, f: BinaryIO) -> list[str]:
+    """Write ``img`` to ``f`` in Pillow format ``fmt``; returns notes on what the format could not hold."""
+    spec = FORMATS[fmt]
+    notes: list[str] = []
+    has_alpha = img.alpha is not None
+    if has_alpha and not spec.alpha:
+        notes.append(f"{fmt} cannot hold an alpha channel; alpha dropped")
+    if img.bit_depth == 16:
+        if fmt == "PNG" and (not img.grayscale or has_alpha):
+            _write_png16(img, f)
+            return notes
+        fits = spec.gray16 if (img.grayscale and not (has_alpha and spec.alpha)) else spec.color16
+        if not fits:
+            notes.append(f"{fmt} cannot hold this 16-bit image here; written with 8 bits")
+            img = replace(img, bit_depth=8)
+    im = to_pil(img, allow_alpha=spec.alpha)
+    options = dict(spec.options)
+    if img.icc_profile:
+        options["icc_profile"] = img.icc_profile
+    im.save(f, format=fmt, **options)
+    return notes
+
+
+def write_image(
+    img: DecodedImage,
+    path: str | os.PathLike[str],
+    fmt: str = "PNG",
+    overwrite: bool = False,
+) -> list[str]:
+    """Write ``img`` to ``path`` atomically, in Pillow format ``fmt`` (PNG, JPEG, WEBP, BMP, TIFF).
+
+    The data goes to a temporary file in the same folder which is then renamed to ``path``, so an
+    interrupted write leaves no partial image. Without ``overwrite`` an existing ``path`` raises
+    :class:`FileExistsError`. Returns notes about what the format could not hold.
+    """
+    path = Path(path)
+    fmt = fmt.upper()
+    if fmt not in FORMATS:
+        raise ValueError(f"unsupported output format {fmt!r}; choose one of {sorted(FORMATS)}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (use overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    # O_EXCL: never reuse someone else's file; 0o666 so that the umask applies as for any new file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            notes = _encode(img, fmt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _rename_no_clobber(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return notes
+
+
+def _rename_no_clobber(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (atomic where hard links are supported)."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise FileExistsError(f"{dst} exists (use overwrite to replace it)") from None
+    except OSError:  # no hard links on this file system: check, then rename
+        if dst.exists():
+            raise FileExistsError(f"{dst} exists (use overwrite to replace it)") from None
+        os.replace(src, dst)
+        return
+    src.unlink()

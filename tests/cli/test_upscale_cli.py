@@ -1,0 +1,228 @@
+"""``ribsr upscale`` end to end, with a small stand-in network in place of a checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import png
+import pytest
+import torch
+from PIL import Image
+
+from ribsr.cli import main
+from ribsr.cli import upscale as upscale_cli
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The stand-in networks are tiny: one thread is faster, and far faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def stand_in(monkeypatch, window_model):
+    """``--model`` loads a WindowMixer (x2, windows 4/8/16) instead of a checkpoint."""
+    loaded = []
+
+    def load(args, device):
+        model = window_model(scale=args.scale or 2)
+        loaded.append((args.model, args.config, device))
+        return model
+
+    monkeypatch.setattr(upscale_cli, "load_model", load)
+    return loaded
+
+
+def make_png(path: Path, size=(20, 14), mode="RGB", seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], len(mode))
+    arr = rng.integers(0, 256, shape).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return arr
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_set14_folder(datasets_dir, tmp_path, monkeypatch, nearest_model, capsys):
+    monkeypatch.setattr(upscale_cli, "load_model", lambda args, device: nearest_model(scale=2))
+    hr = datasets_dir / "Set14" / "HR"
+    names = sorted(p.name for p in hr.glob("*.png"))
+    assert len(names) == 14
+    rc = main(["upscale", str(hr), "-o", str(tmp_path / "out"), "--model", "x.pth", "--tile", "128"])
+    assert rc == 0
+    assert files_under(tmp_path / "out") == sorted(n.replace(".png", "_x2.png") for n in names)
+    for name in names:
+        dest = tmp_path / "out" / name.replace(".png", "_x2.png")
+        with Image.open(hr / name) as src, Image.open(dest) as out:
+            assert out.size == (2 * src.size[0], 2 * src.size[1])
+            assert out.mode == ("L" if name == "bridge.png" else "RGB")
+    summary = capsys.readouterr().out
+    assert "14 images upscaled x2" in summary and "MP/s" in summary and "0 failed" in summary
+
+
+def test_16bit_png_with_alpha(tmp_path, stand_in):
+    imresize = pytest.importorskip("ribsr.imresize").imresize
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 65536, (14, 18, 4)).astype(np.uint16)
+    with open(tmp_path / "deep.png", "wb") as f:
+        png.Writer(18, 14, bitdepth=16, greyscale=False, alpha=True).write(f, arr.reshape(14, -1))
+    assert main(["upscale", str(tmp_path / "deep.png"), "-o", str(tmp_path / "out"), "--model", "m"]) == 0
+    w, h, rows, info = png.Reader(filename=str(tmp_path / "out" / "deep_x2.png")).asDirect()
+    out = np.vstack([np.asarray(r, np.uint16) for r in rows]).reshape(h, w, 4)
+    assert (w, h) == (36, 28) and info["bitdepth"] == 16 and info["alpha"]
+    expected = np.clip(imresize(arr[..., 3].astype(np.float32) / 65535, 2), 0, 1)
+    np.testing.assert_allclose(out[..., 3] / 65535, expected, atol=1 / 65535)  # alpha: bicubic imresize
+    assert len(np.unique(out[..., :3])) > 1000  # colour went through the network at 16 bits
+
+
+def test_truncated_png_is_reported_and_the_others_are_written(tmp_path, stand_in, capsys):
+    make_png(tmp_path / "in" / "a.png")
+    make_png(tmp_path / "in" / "c.png", seed=2)
+    data = (tmp_path / "in" / "a.png").read_bytes()
+    (tmp_path / "in" / "b.png").write_bytes(data[: len(data) // 2])
+    rc = main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", "m"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "b.png" in err and "error" in err
+    assert files_under(tmp_path / "out") == ["a_x2.png", "c_x2.png"]  # and no temporary files
+
+
+def test_existing_outputs_are_kept_without_overwrite(tmp_path, stand_in, capsys):
+    make_png(tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a_x2.png").write_bytes(b"old")
+    args = ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", "m"]
+    assert main(args) == 0
+    assert (tmp_path / "out" / "a_x2.png").read_bytes() == b"old"
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    with Image.open(tmp_path / "out" / "a_x2.png") as im:
+        assert im.size == (40, 28)
+
+
+def test_recursive_walk_keeps_structure_inside_the_output_folder(tmp_path, stand_in):
+    root = tmp_path / "photos"
+    make_png(root / "a.png")
+    make_png(root / "trip" / "day1" / "b.png", mode="L")
+    make_png(root / ".hidden" / "c.png")
+    (root / "notes.txt").write_text("not an image")
+    out = root / "results"  # the output folder lies inside the input folder
+    make_png(out / "old_x2.png")  # an earlier result: must not be upscaled again
+    rc = main(["upscale", str(root), "-o", str(out), "--model", "m", "--recursive"])
+    assert rc == 0
+    assert files_under(out) == ["a_x2.png", "old_x2.png", "trip/day1/b_x2.png"]
+    # without --recursive only the top folder
+    rc = main(["upscale", str(root), "-o", str(tmp_path / "flat"), "--model", "m"])
+    assert rc == 0 and files_under(tmp_path / "flat") == ["a_x2.png"]
+
+
+def test_outputs_never_leave_the_output_folder(tmp_path, stand_in, monkeypatch):
+    make_png(tmp_path / "deep" / "x" / "a.png")
+    monkeypatch.chdir(tmp_path / "deep" / "x")
+    # inputs given with .. or absolute paths are written by name into the output folder
+    rc = main(["upscale", "../x/a.png", str(tmp_path / "deep" / "x" / "a.png"), "-o", "o", "--model", "m"])
+    assert rc == 0
+    assert files_under(tmp_path) == ["deep/x/a.png", "deep/x/o/a_x2.png"]
+    job = upscale_cli.Job(tmp_path / "a.png", Path("../../evil"))
+    with pytest.raises(ValueError, match="leave the output folder"):
+        upscale_cli.output_path(job, tmp_path / "o", "_x2", "png")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "link").symlink_to(tmp_path / "deep")  # a folder inside that points outside
+    job = upscale_cli.Job(tmp_path / "a.png", Path("link/a"))
+    with pytest.raises(ValueError, match="outside"):
+        upscale_cli.output_path(job, tmp_path / "o", "", "png")
+
+
+def test_globs_formats_suffix_and_missing_inputs(tmp_path, stand_in, capsys):
+    make_png(tmp_path / "a.png")
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "b.jpeg", quality=90)
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "c.webp")
+    rc = main(["upscale", str(tmp_path / "*.jp*g"), str(tmp_path / "c.webp"), str(tmp_path / "nope*.png"),
+               "-o", str(tmp_path / "out"), "--model", "m", "--format", "same", "--suffix=-big"])
+    assert rc == 1  # the glob that matches nothing is an error
+    assert "nope*.png" in capsys.readouterr().err
+    assert files_under(tmp_path / "out") == ["b-big.jpeg", "c-big.webp"]
+    with Image.open(tmp_path / "out" / "b-big.jpeg") as im:
+        assert im.format == "JPEG" and im.size == (24, 20)
+
+
+def test_colliding_output_names_are_reported(tmp_path, stand_in, capsys):
+    make_png(tmp_path / "a.png")
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "a.bmp")
+    rc = main(["upscale", str(tmp_path / "a.bmp"), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"),
+               "--model", "m"])
+    assert rc == 1
+    assert "already the output of" in capsys.readouterr().err
+    with Image.open(tmp_path / "out" / "a_x2.png") as im:
+        assert im.size == (24, 20)  # the first input, a.bmp, won
+
+
+def test_input_is_never_replaced(tmp_path, stand_in, capsys):
+    make_png(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path), "--suffix=", "--model", "m", "--overwrite"])
+    assert rc == 1 and "replace the input" in capsys.readouterr().err
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_no_images_is_an_error(tmp_path, stand_in, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["upscale", str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 1
+    assert "no images" in capsys.readouterr().err
+    assert stand_in == []  # the model was not even loaded
+
+
+def test_scale_mismatch_is_an_error(tmp_path, monkeypatch, window_model, capsys):
+    make_png(tmp_path / "a.png")
+    monkeypatch.setattr(upscale_cli, "load_model", lambda args, device: window_model(scale=2))
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--scale", "4"]) == 2
+    assert "x2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_without_model_the_default_model_message_is_shown(tmp_path, capsys):
+    pytest.importorskip("ribsr.checkpoint")
+    make_png(tmp_path / "a.png")
+    rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "--model" in err or "weights" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_options_reach_the_upscaler(tmp_path, stand_in, monkeypatch):
+    seen = {}
+    real = upscale_cli.__dict__.get("Upscaler")
+    assert real is None  # imported lazily inside run()
+    from ribsr import inference
+
+    class Spy(inference.Upscaler):
+        def __init__(self, model, **kwargs):
+            seen.update(kwargs)
+            super().__init__(model, **kwargs)
+
+    monkeypatch.setattr(inference, "Upscaler", Spy)
+    make_png(tmp_path / "a.png")
+    rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", "m", "--tile", "64",
+               "--tile-overlap", "8", "--max-memory", "1.5", "--dtype", "float32", "--device", "cpu",
+               "--self-ensemble", "--batch-size", "2"])
+    assert rc == 0
+    assert seen["tile"] == 64 and seen["overlap"] == 8 and seen["max_memory"] == 1.5
+    assert seen["dtype"] == "float32" and str(seen["device"]) == "cpu" and seen["self_ensemble"]
+    assert seen["batch_size"] == 2
+    assert os.listdir(tmp_path / "o") == ["a_x2.png"]
+
+
+@pytest.mark.parametrize("bad", [["--tile", "-1"], ["--tile", "big"], ["--max-memory", "0"]])
+def test_bad_options_are_rejected(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["upscale", "x.png", *bad])
+    assert exc.value.code == 2

@@ -1,0 +1,231 @@
+"""Reading and writing images as people have them (synthetic files made in tmp_path)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import png
+import pytest
+from PIL import Image, ImageOps
+
+from ribsr import imageio
+from ribsr.imageio import (
+    DecodedImage,
+    ImageReadError,
+    apply_orientation,
+    from_pil,
+    output_format,
+    read_image,
+    write_image,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def write_png16(path, arr: np.ndarray) -> None:
+    """A 16-bit PNG written with pypng directly (gray, gray+alpha, RGB or RGBA by channel count)."""
+    h, w, c = arr.shape
+    writer = png.Writer(w, h, bitdepth=16, greyscale=c <= 2, alpha=c in (2, 4))
+    with open(path, "wb") as f:
+        writer.write(f, arr.reshape(h, w * c))
+
+
+def read_png16(path) -> tuple[np.ndarray, dict]:
+    w, h, rows, info = png.Reader(filename=str(path)).asDirect()
+    data = np.vstack([np.asarray(r, np.uint16) for r in rows]).reshape(h, w, info["planes"])
+    return data, info
+
+
+# ---------------------------------------------------------------------- reading
+def test_16bit_rgba_png_is_read_at_full_precision(tmp_path):
+    arr = RNG.integers(0, 65536, (9, 13, 4)).astype(np.uint16)
+    write_png16(tmp_path / "a.png", arr)
+    img = read_image(tmp_path / "a.png")
+    assert img.bit_depth == 16 and not img.grayscale and img.format == "PNG"
+    assert img.rgb.dtype == np.float32 and img.rgb.shape == (9, 13, 3)
+    np.testing.assert_array_equal(np.rint(img.rgb * 65535).astype(np.uint16), arr[..., :3])
+    np.testing.assert_array_equal(np.rint(img.alpha * 65535).astype(np.uint16), arr[..., 3])
+
+
+def test_16bit_gray_and_gray_alpha_png(tmp_path):
+    gray = RNG.integers(0, 65536, (7, 5, 1)).astype(np.uint16)
+    write_png16(tmp_path / "g.png", gray)
+    img = read_image(tmp_path / "g.png")
+    assert img.grayscale and img.bit_depth == 16 and img.alpha is None
+    np.testing.assert_array_equal(np.rint(img.rgb * 65535).astype(np.uint16), np.repeat(gray, 3, axis=2))
+    ga = RNG.integers(0, 65536, (7, 5, 2)).astype(np.uint16)
+    write_png16(tmp_path / "ga.png", ga)
+    img = read_image(tmp_path / "ga.png")
+    assert img.grayscale and img.bit_depth == 16
+    np.testing.assert_array_equal(np.rint(img.alpha * 65535).astype(np.uint16), ga[..., 1])
+
+
+def test_8bit_modes(tmp_path):
+    rgb = RNG.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "l.png")
+    img = read_image(tmp_path / "l.png")
+    assert img.grayscale and img.bit_depth == 8 and img.mode == "L"
+    np.testing.assert_allclose(img.rgb[..., 2] * 255, rgb[..., 0], atol=1e-4)
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(tmp_path / "rgba.png")
+    img = read_image(tmp_path / "rgba.png")
+    assert not img.grayscale and img.alpha is not None and img.notes == []
+    np.testing.assert_allclose(img.alpha * 255, rgb[..., 0], atol=1e-4)
+
+
+def test_palette_images_are_converted_with_a_note(tmp_path):
+    rgb = RNG.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    img = read_image(tmp_path / "p.png")
+    assert img.alpha is None and any("palette" in n for n in img.notes)
+    pal = Image.fromarray(rgb).convert("P")
+    index = np.asarray(pal)[0, 0]
+    pal.save(tmp_path / "pt.png", transparency=int(index))  # one palette entry is transparent
+    img = read_image(tmp_path / "pt.png")
+    assert img.alpha is not None and img.alpha[0, 0] == 0 and img.alpha.max() == 1
+    np.testing.assert_array_equal(img.alpha == 0, np.asarray(pal) == index)
+    assert any("palette" in n and "RGBA" in n for n in img.notes)
+
+
+def test_cmyk_jpeg_is_converted_with_a_note(tmp_path):
+    Image.new("CMYK", (10, 6), (0, 255, 255, 0)).save(tmp_path / "c.jpg")  # pure red in CMYK
+    img = read_image(tmp_path / "c.jpg")
+    assert img.format == "JPEG" and img.mode == "CMYK" and any("CMYK" in n for n in img.notes)
+    np.testing.assert_allclose(img.rgb.mean(axis=(0, 1)), [1, 0, 0], atol=0.03)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_matches_pillow(orientation):
+    im = Image.fromarray(RNG.integers(0, 256, (5, 7, 3)).astype(np.uint8))
+    im.getexif()[0x0112] = orientation
+    expected = np.asarray(ImageOps.exif_transpose(im)).astype(np.float32) / 255
+    got = apply_orientation(from_pil(im), orientation)
+    np.testing.assert_allclose(got.rgb, expected, atol=1e-6)
+
+
+def test_exif_rotated_jpeg_is_turned_upright(tmp_path):
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: display rotated 90 degrees clockwise
+    Image.fromarray(arr).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    img = read_image(tmp_path / "r.jpg")
+    assert img.size == (20, 40)  # width, height swapped
+    assert img.rgb[:20].mean() > 0.95 and img.rgb[20:].mean() < 0.05  # white is now on top
+
+
+@pytest.mark.parametrize(
+    "fmt,suffix", [("WEBP", ".webp"), ("BMP", ".bmp"), ("TIFF", ".tif"), ("JPEG", ".jpeg")]
+)
+def test_other_formats_are_read(tmp_path, fmt, suffix):
+    rgb = np.full((6, 9, 3), (200, 100, 50), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / f"x{suffix}", format=fmt)
+    img = read_image(tmp_path / f"x{suffix}")
+    assert img.format == fmt and img.size == (9, 6)
+    np.testing.assert_allclose(img.rgb * 255, rgb, atol=3)  # lossy formats: within 3 levels
+
+
+def test_truncated_png_is_reported_by_name(tmp_path):
+    Image.fromarray(RNG.integers(0, 256, (64, 64, 3)).astype(np.uint8)).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="cut.png"):
+        read_image(tmp_path / "cut.png")
+
+
+def test_truncated_16bit_png_is_reported_by_name(tmp_path):
+    write_png16(tmp_path / "ok16.png", RNG.integers(0, 65536, (32, 32, 3)).astype(np.uint16))
+    data = (tmp_path / "ok16.png").read_bytes()
+    (tmp_path / "cut16.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="cut16.png"):
+        read_image(tmp_path / "cut16.png")
+
+
+def test_unreadable_files_are_reported_by_name(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ImageReadError, match="notes.png: not a recognised image"):
+        read_image(tmp_path / "notes.png")
+    with pytest.raises(ImageReadError, match="missing.png: no such file"):
+        read_image(tmp_path / "missing.png")
+
+
+# ---------------------------------------------------------------------- writing
+def test_16bit_rgba_round_trip_is_exact(tmp_path):
+    arr = RNG.integers(0, 65536, (9, 13, 4)).astype(np.uint16)
+    write_png16(tmp_path / "in.png", arr)
+    write_image(read_image(tmp_path / "in.png"), tmp_path / "out.png")
+    back, info = read_png16(tmp_path / "out.png")
+    assert info["bitdepth"] == 16 and info["alpha"] and not info["greyscale"]
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_16bit_gray_is_written_as_16bit_gray(tmp_path):
+    arr = RNG.integers(0, 65536, (9, 13, 1)).astype(np.uint16)
+    write_png16(tmp_path / "in.png", arr)
+    write_image(read_image(tmp_path / "in.png"), tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.mode == "I;16"
+        np.testing.assert_array_equal(np.asarray(im), arr[..., 0])
+
+
+def test_grayscale_and_alpha_are_written_back(tmp_path):
+    rgb = np.random.default_rng(1).random((5, 6, 3), dtype=np.float32)
+    alpha = np.linspace(0, 1, 30, dtype=np.float32).reshape(5, 6)
+    write_image(DecodedImage(rgb=rgb, alpha=alpha, grayscale=True), tmp_path / "la.png")
+    with Image.open(tmp_path / "la.png") as im:
+        assert im.mode == "LA"
+        got = np.asarray(im)
+    np.testing.assert_array_equal(got[..., 0], np.rint(rgb.mean(axis=2) * 255).astype(np.uint8))
+    np.testing.assert_array_equal(got[..., 1], np.rint(alpha * 255).astype(np.uint8))
+
+
+def test_icc_profile_is_kept(tmp_path):
+    profile = b"\x00\x00\x01\x00fake-icc-profile" * 4
+    img = DecodedImage(rgb=np.zeros((4, 4, 3), np.float32), icc_profile=profile, bit_depth=16)
+    for name, depth in (("a.png", 16), ("b.png", 8)):
+        img.bit_depth = depth
+        write_image(img, tmp_path / name)
+        with Image.open(tmp_path / name) as im:
+            assert im.info.get("icc_profile") == profile
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    dest = tmp_path / "o.png"
+    dest.write_bytes(b"keep me")
+    img = DecodedImage(rgb=np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(FileExistsError, match="o.png"):
+        write_image(img, dest)
+    assert dest.read_bytes() == b"keep me"
+    write_image(img, dest, overwrite=True)
+    with Image.open(dest) as im:
+        assert im.size == (4, 4)
+    assert os.listdir(tmp_path) == ["o.png"]  # no temporary file left behind
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    def fail(img, fmt, f):
+        f.write(b"\x89PNG half an image")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageio, "_encode", fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_image(DecodedImage(rgb=np.zeros((4, 4, 3), np.float32)), tmp_path / "sub" / "o.png")
+    assert os.listdir(tmp_path / "sub") == []
+
+
+def test_formats_that_cannot_hold_alpha_or_16_bits_say_so(tmp_path):
+    img = DecodedImage(rgb=np.zeros((4, 4, 3), np.float32), alpha=np.ones((4, 4), np.float32), bit_depth=16)
+    notes = write_image(img, tmp_path / "o.jpg", "JPEG")
+    assert any("alpha" in n for n in notes) and any("16-bit" in n for n in notes)
+    with Image.open(tmp_path / "o.jpg") as im:
+        assert im.format == "JPEG" and im.mode == "RGB"
+    with pytest.raises(ValueError, match="GIF"):
+        write_image(img, tmp_path / "o.gif", "GIF")
+
+
+def test_output_format():
+    img = DecodedImage(rgb=np.zeros((1, 1, 3), np.float32), format="JPEG")
+    assert output_format(img, "png") == "PNG"
+    assert output_format(img, "same") == "JPEG"
+    img.format = "GIF"
+    assert output_format(img, "same") == "PNG"

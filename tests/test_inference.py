@@ -1,0 +1,399 @@
+"""Tiling, blending, memory planning and the Upscaler API, with small stand-in networks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ribsr import inference
+from ribsr.inference import (
+    MemoryCost,
+    Upscaler,
+    _axis_weights,
+    _dihedral,
+    choose_tiling,
+    is_out_of_memory,
+    measure_memory_cost,
+    model_geometry,
+    tile_layout,
+    tiled_forward,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The stand-in networks are tiny: one thread is faster, and far faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = F.mse_loss(a.double().clamp(0, 1), b.double().clamp(0, 1)).item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A (1, 3, h, w) image in [0, 1] with structure at several scales."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = F.interpolate(torch.rand(1, 3, h // 4 + 1, w // 4 + 1, generator=g), size=(h, w), mode="bicubic")
+    return (0.8 * coarse + 0.2 * torch.rand(1, 3, h, w, generator=g)).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------- layout and weights
+@pytest.mark.parametrize("h,w,tile,overlap,align", [
+    (101, 87, 32, 16, 16), (200, 64, 50, 10, 16), (130, 130, 128, 64, 64), (257, 300, 128, None, 64),
+])
+def test_tile_layout_is_aligned_covers_the_image_and_overlaps(h, w, tile, overlap, align):
+    layout = tile_layout(h, w, tile, overlap, align)
+    assert layout.tile % align == 0 and layout.tile >= max(tile, 2 * align)
+    assert layout.overlap % align == 0 and layout.overlap >= min(overlap or align, layout.tile // 2)
+    for spans, length in ((layout.ys, h), (layout.xs, w)):
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        for (a0, a1), (b0, _) in zip(spans, spans[1:], strict=False):
+            assert b0 % align == 0, "tiles start on the window grid"
+            assert a1 - b0 == layout.overlap, "neighbours overlap by exactly the overlap"
+            assert a1 - a0 == layout.tile
+        assert all(stop - start <= layout.tile for start, stop in spans)
+
+
+def test_tile_layout_rejects_bad_values():
+    with pytest.raises(ValueError, match="tile"):
+        tile_layout(10, 10, 0, None, 16)
+    with pytest.raises(ValueError, match="overlap"):
+        tile_layout(10, 10, 32, -1, 16)
+
+
+@pytest.mark.parametrize("length,tile,scale", [(101, 32, 2), (300, 128, 3), (64, 128, 4)])
+def test_blend_weights_sum_to_one_and_are_smooth(length, tile, scale):
+    layout = tile_layout(length, length, tile, None, 16)
+    weights = _axis_weights(layout.xs, scale)
+    total = torch.zeros(scale * length)
+    for (x0, x1), wgt in zip(layout.xs, weights, strict=True):
+        total[scale * x0:scale * x1] += wgt
+        if len(layout.xs) > 1:  # no hard cut: a tile's weight changes by < 0.1 between neighbouring pixels
+            assert wgt.diff().abs().max() < 0.1
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------- tiled forward
+def test_local_model_tiled_equals_untiled(nearest_model):
+    model = nearest_model(scale=3)
+    x = smooth_image(70, 53)
+    ref = model(x)
+    out = tiled_forward(model, x, tile=32, overlap=16, batch_size=4)
+    assert out.shape == (1, 3, 210, 159)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("tile,overlap,min_db", [(32, 16, 47.0), (48, 16, 50.0), (64, 32, 55.0)])
+def test_context_dependent_model_tiled_close_to_untiled(window_model, tile, overlap, min_db):
+    model = window_model().eval()
+    x = smooth_image(101, 87, seed=1)
+    with torch.no_grad():
+        ref = model(x)
+    out = tiled_forward(model, x, tile=tile, overlap=overlap)
+    assert psnr(out, ref) >= min_db  # measured 47.6 / 51.3 / 61.7 dB
+
+
+def test_blending_beats_hard_cuts(window_model):
+    """Blended overlapping tiles are far closer to the untiled output than abutting tiles."""
+    model = window_model().eval()
+    x = smooth_image(96, 96, seed=2)
+    with torch.no_grad():
+        ref = model(x)
+        cut = torch.zeros_like(ref)
+        for y0 in range(0, 96, 32):
+            for x0 in range(0, 96, 32):
+                cut[..., 2 * y0:2 * y0 + 64, 2 * x0:2 * x0 + 64] = model(x[..., y0:y0 + 32, x0:x0 + 32])
+    blended = tiled_forward(model, x, tile=48, overlap=16)
+    assert psnr(blended, ref) > psnr(cut, ref) + 15  # measured about 51 vs 24 dB
+
+
+def test_batching_and_batches_of_images_do_not_change_the_result(window_model):
+    model = window_model().eval()
+    x = torch.cat([smooth_image(70, 90, seed=s) for s in (3, 4)])
+    one = tiled_forward(model, x, tile=32, batch_size=1)
+    many = tiled_forward(model, x, tile=32, batch_size=5)
+    torch.testing.assert_close(one, many, atol=1e-5, rtol=0)
+    single = tiled_forward(model, x[1:], tile=32)
+    torch.testing.assert_close(many[1:], single, atol=1e-5, rtol=0)
+
+
+def test_tiles_are_batched_by_shape(nearest_model):
+    model = nearest_model()
+    tiled_forward(model, smooth_image(100, 100), tile=32, overlap=16, batch_size=8)
+    # 6x6 tiles: 25 of 32x32 (batches 8,8,8,1), 5 + 5 edge tiles of 32x20 / 20x32, 1 corner of 20x20
+    assert sorted(model.calls) == sorted(
+        [(8, 3, 32, 32)] * 3 + [(1, 3, 32, 32), (5, 3, 32, 20), (5, 3, 20, 32), (1, 3, 20, 20)]
+    )
+
+
+def test_progress_reports_every_tile(nearest_model):
+    seen = []
+    tiled_forward(nearest_model(), smooth_image(64, 64), tile=32, overlap=16, batch_size=2,
+                  progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(2, 9), (4, 9), (6, 9), (8, 9), (9, 9)]
+
+
+def test_wrong_scale_is_reported(nearest_model):
+    model = nearest_model(scale=2)
+    with pytest.raises(ValueError, match="scale 3"):
+        tiled_forward(model, smooth_image(40, 40), tile=32, scale=3, align=16)
+
+
+def test_model_geometry_uses_lcm_of_windows(nearest_model):
+    assert model_geometry(nearest_model(scale=4, window_sizes=(16, 32, 48, 96))) == (4, 96)
+    assert model_geometry(nearest_model(scale=2, window_sizes=(8, 12))) == (2, 24)
+    with pytest.raises(ValueError, match="config"):
+        model_geometry(torch.nn.Identity())
+
+
+# ---------------------------------------------------------------------- self-ensemble
+def test_dihedral_inverse_round_trips_all_eight():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    outs = set()
+    for k in range(8):
+        y = _dihedral(x, k)
+        outs.add(tuple(y.flatten().tolist()))
+        torch.testing.assert_close(_dihedral(y, k, inverse=True), x, atol=0, rtol=0)
+    assert len(outs) == 8
+
+
+def test_self_ensemble(nearest_model, window_model):
+    x = smooth_image(40, 56)
+    # nearest upsampling commutes with flips and transposes: the ensemble changes nothing
+    plain = Upscaler(nearest_model(), tile=0).upscale(x)
+    ens = Upscaler(nearest_model(), tile=0, self_ensemble=True).upscale(x)
+    torch.testing.assert_close(ens, plain, atol=1e-6, rtol=0)
+    model = window_model()
+    plain = Upscaler(model, tile=0).upscale(x)
+    ens = Upscaler(model, tile=0, self_ensemble=True).upscale(x)
+    manual = sum(_dihedral(model(_dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
+    torch.testing.assert_close(ens, manual.clamp(0, 1), atol=1e-5, rtol=0)
+    assert (ens - plain).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------- memory
+def test_choose_tiling_fits_the_budget():
+    cost = MemoryCost(fixed_bytes=1e6, bytes_per_pixel=20_000.0, method="test")
+    assert choose_tiling(100, 100, 2, 16, budget_bytes=1e9, cost=cost) == (None, 1)
+    budget = 2e9
+    tile, batch = choose_tiling(2000, 2000, 2, 64, budget_bytes=budget, cost=cost)
+    assert tile is not None and tile % 64 == 0 and batch >= 1
+    used = inference.image_buffer_bytes(2000, 2000, 2) + cost.bytes_for(batch * tile * tile)
+    assert used <= budget
+    bigger = tile + 64  # the largest aligned tile was chosen
+    assert inference.image_buffer_bytes(2000, 2000, 2) + cost.bytes_for(bigger * bigger) > budget
+
+
+def test_batch_that_fits():
+    cost = MemoryCost(fixed_bytes=0.0, bytes_per_pixel=1000.0, method="test")
+    buffers = inference.image_buffer_bytes(1000, 1000, 2)
+    # room for exactly 3 tiles of 128x128 (a tile of 100 is rounded up to 128)
+    budget = buffers + 3 * 128 * 128 * 1000 + 1
+    assert inference.batch_that_fits(1000, 1000, 2, 64, 100, budget, cost) == 3
+    assert inference.batch_that_fits(1000, 1000, 2, 64, 128, budget * 10, cost) == 8  # capped
+    assert inference.batch_that_fits(1000, 1000, 2, 64, 128, 1.0, cost) == 1  # at least one
+
+
+def test_choose_tiling_never_goes_below_two_windows():
+    cost = MemoryCost(0.0, 1e6, "test")
+    assert choose_tiling(500, 500, 2, 64, budget_bytes=1e6, cost=cost) == (128, 1)
+
+
+def test_measured_memory_cost_is_plausible(window_model):
+    model = window_model(dim=16)
+    cost = measure_memory_cost(model, align=16)
+    # a forward pass keeps at least the 16-channel float32 features of every pixel alive
+    assert cost.bytes_per_pixel > 16 * 4
+    assert cost.bytes_per_pixel < 16 * 4 * 200, cost  # and not absurdly more
+    assert cost.method.startswith("measured")
+
+
+def test_out_of_memory_detection():
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                                         "not enough memory: you tried to allocate 123 bytes."))
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+class _Fussy(torch.nn.Module):
+    """Fails like an allocator on inputs of more than ``limit`` pixels per batch."""
+
+    def __init__(self, inner, limit, message="DefaultCPUAllocator: not enough memory"):
+        super().__init__()
+        self.inner, self.limit, self.message = inner, limit, message
+        self.config = inner.config
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0] * x.shape[2] * x.shape[3])
+        if self.sizes[-1] > self.limit:
+            raise RuntimeError(self.message)
+        return self.inner(x)
+
+
+def test_out_of_memory_retries_with_smaller_tiles_and_remembers(window_model, caplog):
+    inner = window_model().eval()
+    model = _Fussy(inner, limit=40 * 40)
+    up = Upscaler(model, tile=0)
+    x = smooth_image(100, 90)
+    with caplog.at_level("WARNING", logger="ribsr.inference"):
+        out = up.upscale(x)
+    assert "out of memory" in caplog.text
+    assert up._tile_cap == 32  # 100 -> 48 -> 32 (needs 2*16 at least)
+    torch.testing.assert_close(out, tiled_forward(inner, x, 32).clamp(0, 1), atol=1e-5, rtol=0)
+    model.sizes.clear()
+    up.upscale(x)
+    assert max(model.sizes) <= 32 * 32  # later images start at the smaller tile
+
+
+def test_other_errors_and_hopeless_out_of_memory_propagate(window_model):
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        Upscaler(_Fussy(window_model(), 0, "shape mismatch"), tile=0).upscale(smooth_image(40, 40))
+    with pytest.raises(RuntimeError, match="not enough memory"):
+        Upscaler(_Fussy(window_model(), 10), tile=0).upscale(smooth_image(40, 40))
+
+
+def test_max_memory_plans_tiles(window_model):
+    up = Upscaler(window_model(), max_memory=0.001)  # 1 MiB: far too little for a 400x400 image
+    tile, batch = up.plan(400, 400)
+    assert tile == 32 and batch == 1
+    assert Upscaler(window_model(), max_memory=8).plan(64, 64) == (None, 1)
+    assert Upscaler(window_model(), tile=64, batch_size=3).plan(400, 400) == (64, 3)
+    assert Upscaler(window_model(), tile=32, max_memory=8).plan(400, 400) == (32, 8)  # batch from memory
+    assert Upscaler(window_model(), tile=0).plan(400, 400) == (None, 1)
+
+
+def test_upscaler_rejects_bad_settings(window_model):
+    with pytest.raises(ValueError, match="tile"):
+        Upscaler(window_model(), tile="big")
+    with pytest.raises(ValueError, match="max_memory"):
+        Upscaler(window_model(), max_memory=0)
+    with pytest.raises(ValueError, match="dtype"):
+        Upscaler(window_model(), dtype="float8")
+    with pytest.raises(TypeError, match="list"):
+        Upscaler(window_model()).upscale([1, 2, 3])
+
+
+def test_dtype_auto_is_float32_on_cpu(window_model):
+    assert Upscaler(window_model(), device="cpu").dtype == torch.float32
+    up = Upscaler(window_model(), device="cpu", dtype="bfloat16", tile=32)
+    assert next(up.model.parameters()).dtype == torch.bfloat16
+    out = up.upscale(smooth_image(40, 40))
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 80, 80)
+
+
+# ---------------------------------------------------------------------- kinds of images
+def test_upscale_tensor_keeps_rank_dtype_and_clips(nearest_model):
+    up = Upscaler(nearest_model(), tile=32)
+    x = smooth_image(40, 30)[0].double() * 1.5  # values above 1
+    y = up.upscale(x)
+    assert y.shape == (3, 80, 60) and y.dtype == torch.float64 and y.max() <= 1
+    assert up.upscale(torch.rand(2, 3, 8, 8)).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="tensor"):
+        up.upscale(torch.rand(4, 8, 8))
+
+
+@pytest.mark.parametrize("shape,dtype", [((20, 30), np.uint8), ((20, 30, 3), np.uint8),
+                                         ((20, 30, 1), np.uint16), ((20, 30, 3), np.float32)])
+def test_upscale_numpy_returns_the_same_kind(nearest_model, shape, dtype):
+    rng = np.random.default_rng(0)
+    high = {np.uint8: 256, np.uint16: 65536}.get(dtype)
+    arr = rng.integers(0, high, shape).astype(dtype) if high else rng.random(shape).astype(dtype)
+    out = Upscaler(nearest_model(), tile=0).upscale(arr)
+    assert out.dtype == arr.dtype and out.shape == (40, 60, *shape[2:])
+    # nearest upsampling reproduces every input sample exactly (gray goes through RGB and back)
+    np.testing.assert_array_equal(out[::2, ::2], arr) if high else \
+        np.testing.assert_allclose(out[::2, ::2], arr, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "I;16"])
+def test_upscale_pil_keeps_the_mode(nearest_model, mode):
+    arr = np.random.default_rng(1).integers(0, 256 if mode != "I;16" else 65536, (12, 10, 3))
+    im = Image.fromarray(arr.astype(np.uint8)) if mode == "RGB" else \
+        Image.fromarray(arr[..., 0].astype(np.uint8 if mode == "L" else np.uint16))
+    assert im.mode == mode
+    out = Upscaler(nearest_model(), tile=0).upscale(im)
+    assert out.mode == mode and out.size == (20, 24)
+    np.testing.assert_array_equal(np.asarray(out)[::2, ::2], np.asarray(im))
+
+
+def test_alpha_is_upscaled_with_bicubic_imresize(nearest_model):
+    from ribsr.imresize import imresize
+
+    rng = np.random.default_rng(2)
+    arr = rng.integers(0, 65536, (12, 10, 4)).astype(np.uint16)
+    out = Upscaler(nearest_model(), tile=0).upscale(arr)
+    assert out.shape == (24, 20, 4) and out.dtype == np.uint16
+    expected = np.clip(imresize(arr[..., 3].astype(np.float32) / 65535, 2), 0, 1)
+    np.testing.assert_allclose(out[..., 3] / 65535, expected, atol=1 / 65535)
+    np.testing.assert_array_equal(out[::2, ::2, :3], arr[..., :3])  # colour through the (nearest) model
+    im = Image.fromarray(arr[..., :4].astype(np.uint8))  # RGBA
+    assert Upscaler(nearest_model(), tile=0).upscale(im).mode == "RGBA"
+
+
+def test_auto_tile_skips_measuring_when_the_image_clearly_fits(window_model, monkeypatch):
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured although the image fits")
+
+    monkeypatch.setattr(inference, "measure_memory_cost", no_measuring)
+    assert Upscaler(window_model(), max_memory=4).plan(300, 200) == (None, 1)
+    with pytest.raises(AssertionError, match="measured"):
+        Upscaler(window_model(), max_memory=0.01).plan(3000, 2000)
+
+
+# ---------------------------------------------------------------------- the real network
+def small_sst():
+    """A two-block SST with windows up to 32 (random weights: enough to test tiling fidelity)."""
+    import ribsr
+
+    torch.manual_seed(0)
+    return ribsr.build_model("light", scale=2, dim=12, n_blocks=2, window_sizes=(4, 8, 16, 8, 16, 32)).eval()
+
+
+def test_sst_tiled_close_to_untiled():
+    model = small_sst()
+    assert model_geometry(model) == (2, 32)
+    x = smooth_image(100, 90, seed=5)
+    with torch.no_grad():
+        ref = model(x)
+    out = tiled_forward(model, x, tile=64)
+    assert psnr(out, ref) >= 55  # measured 65.5 dB
+
+
+def test_modelled_cost_over_estimates_the_measured_one():
+    model = small_sst()
+    modelled = inference.modelled_memory_cost(model)
+    measured = measure_memory_cost(model, align=32)
+    assert measured.method == "measured on cpu"
+    for side in (128, 512):
+        assert modelled.bytes_for(side * side) > measured.bytes_for(side * side), (modelled, measured)
+
+
+@pytest.mark.slow
+def test_light_tiled_vs_untiled_on_set14(datasets_dir):
+    """The acceptance check: tiles of 128 (the smallest) with the default overlap, >= 50 dB on every
+    Set14 image, random-init ``light`` x2 (about 40 minutes on 2 busy CPU cores)."""
+    import ribsr
+    from ribsr.imageio import read_image
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = ribsr.build_model("light", scale=2).eval()
+    files = sorted((datasets_dir / "Set14" / "LR_bicubic" / "X2").glob("*.png"))
+    assert len(files) == 14
+    for f in files:
+        x = torch.from_numpy(read_image(f).rgb).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            ref = model(x)
+        assert psnr(tiled_forward(model, x, tile=128), ref) >= 50, f.name

@@ -19,9 +19,9 @@ from ribsr.evaluate import (
     load_lr,
     mod_crop,
     model_upscaler,
-    self_ensemble,
 )
 from ribsr.imresize import imresize
+from ribsr.inference import Upscaler
 from ribsr.metrics import psnr, ssim
 
 # The literature's bicubic rows (PSNR, Y channel, border = scale); see shared/datasets/README.md.
@@ -118,29 +118,6 @@ def test_load_lr_prefers_files_and_checks_their_size(tiny_dataset):
         load_lr(tiny_dataset, "colour", hr, 2)
 
 
-# --------------------------------------------------------------------------- self-ensemble
-def test_self_ensemble_of_an_equivariant_model_is_the_model():
-    x = torch.rand(2, 3, 5, 7)
-    model = StandIn(2, mode="nearest")
-    torch.testing.assert_close(self_ensemble(model, x), model(x), rtol=0, atol=1e-6)
-
-
-def test_self_ensemble_averages_the_eight_transforms():
-    # A forward that is not equivariant: it adds a ramp along the width of whatever it is given.
-    def forward(x):
-        return x + torch.arange(x.shape[-1], dtype=x.dtype)
-
-    x = torch.zeros(1, 1, 4, 4)
-    out = self_ensemble(forward, x)[0, 0]
-    # Undone, the 8 ramps run along width, height, and both directions of each: their mean is
-    # 1.5 everywhere (the mean of 0..3), whatever the orientation. Tolerance: float32 rounding.
-    torch.testing.assert_close(out, torch.full((4, 4), 1.5), rtol=0, atol=1e-6)
-    y = torch.rand(1, 3, 4, 6)  # non-square: rotations change the shape seen by forward
-    shapes = []
-    self_ensemble(lambda t: shapes.append(tuple(t.shape)) or t, y)
-    assert sorted(set(shapes)) == [(1, 3, 4, 6), (1, 3, 6, 4)]
-
-
 # --------------------------------------------------------------------------- the evaluation loop
 def test_evaluate_dataset_with_a_model(tiny_dataset, tmp_path):
     model = StandIn(2)
@@ -175,7 +152,9 @@ def test_evaluate_options_change_the_measurement(tiny_dataset):
     base = evaluate_dataset(upscale, tiny_dataset, 2)
     rgb = evaluate_dataset(upscale, tiny_dataset, 2, y_channel=False)
     no_crop = evaluate_dataset(upscale, tiny_dataset, 2, crop_border=0)
-    ens = evaluate_dataset(model_upscaler(StandIn(2), ensemble=True), tiny_dataset, 2)
+    model = StandIn(2)
+    ensemble = Upscaler(model, tile=0, self_ensemble=True, scale=2, align=1)
+    ens = evaluate_dataset(model_upscaler(model, forward=ensemble.upscale_tensor), tiny_dataset, 2)
     assert len({base["psnr"], rgb["psnr"], no_crop["psnr"]}) == 3
     # Bicubic interpolation is equivariant up to float rounding: the ensemble changes PSNR by
     # well under 0.01 dB.

@@ -397,3 +397,15 @@ def test_light_tiled_vs_untiled_on_set14(datasets_dir):
         with torch.no_grad():
             ref = model(x)
         assert psnr(tiled_forward(model, x, tile=128), ref) >= 50, f.name
+
+
+def test_max_memory_gives_a_quarter_to_the_bias_cache():
+    from ribsr.checkpoint import build_model
+    from ribsr.inference import GIB, Upscaler
+
+    model = build_model("light", n_blocks=1)
+    up = Upscaler(model, max_memory=2)
+    budget = model.body[0][0].attn.pos.bias_budget
+    assert budget.max_bytes == int(0.25 * 2 * GIB)
+    assert all(m.pos.bias_budget is budget for m in model.modules() if hasattr(m, "pos"))
+    assert up._cache_bytes == budget.max_bytes

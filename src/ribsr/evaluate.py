@@ -35,7 +35,6 @@ __all__ = [
     "load_lr",
     "mod_crop",
     "model_upscaler",
-    "self_ensemble",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
@@ -104,18 +103,6 @@ def load_lr(folder: str | Path, name: str, hr: np.ndarray, scale: int) -> tuple[
 
 
 # ---------------------------------------------------------------------------------- upscalers
-def self_ensemble(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The mean of ``forward`` over the 8 flips/rotations of ``x`` (B, C, H, W), each undone after."""
-    total = None
-    for flip in (False, True):
-        xf = x.flip(-1) if flip else x
-        for k in range(4):
-            y = torch.rot90(forward(torch.rot90(xf, k, dims=(-2, -1))), -k, dims=(-2, -1))
-            y = y.flip(-1) if flip else y
-            total = y if total is None else total + y
-    return total / 8
-
-
 def bicubic_upscaler(scale: int) -> Upscaler:
     """MATLAB bicubic upscaling by ``scale`` (uint8 in, uint8 out), the literature's baseline."""
     return lambda lr: imresize(lr, float(scale))
@@ -124,15 +111,14 @@ def bicubic_upscaler(scale: int) -> Upscaler:
 def model_upscaler(
     model: torch.nn.Module,
     *,
-    ensemble: bool = False,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Upscaler:
     """An upscaler running ``model`` (takes and returns (B, 3, h, w) floats in [0, 1]).
 
-    ``forward`` replaces ``model(x)`` (e.g. a tiled forward); ``ensemble`` averages it over the
-    8 flips/rotations. Grayscale LR images are fed as 3 equal channels and the output's channel
-    mean is returned. Inputs go to the device and dtype of the model's first parameter (CPU
-    float32 for a model without parameters).
+    ``forward`` replaces ``model(x)``: e.g. ``ribsr.Upscaler(model, tile=..., self_ensemble=True)
+    .upscale_tensor`` for tiled inference or the x8 self-ensemble. Grayscale LR images are fed as 3
+    equal channels and the output's channel mean is returned. Inputs go to the device and dtype of
+    the model's first parameter (CPU float32 for a model without parameters).
     """
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -145,7 +131,7 @@ def model_upscaler(
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w)
         x = x.to(device=device, dtype=dtype) / 255
         with torch.inference_mode():
-            y = self_ensemble(run, x) if ensemble else run(x)  # (1, 3, s*h, s*w)
+            y = run(x)  # (1, 3, s*h, s*w)
             y = y[0].float().clamp(0, 1).cpu()  # (3, s*h, s*w)
             if gray:
                 y = y.mean(dim=0)  # (s*h, s*w)

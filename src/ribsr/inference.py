@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ribsr.imageio import DecodedImage, from_array, from_pil, to_array, to_pil
+from ribsr.model.sst import DEFAULT_BIAS_CACHE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 GIB = 1024**3
+# Share of a --max-memory budget given to the model's cache of dense positional biases.
+BIAS_CACHE_SHARE = 0.25
 
 
 # ---------------------------------------------------------------------- device, dtype, geometry
@@ -447,8 +450,11 @@ class Upscaler:
         overlap: minimum overlap of tiles in input pixels (default: one alignment unit).
         batch_size: tiles per forward pass; None: as many as fit the memory budget, at most 8
             (batches of 4 tiles ran 1.4x faster than single tiles on CPU, docs/upscale.md).
-        max_memory: memory budget in GiB for one image (network activations and the image's
-            buffers, not the model weights or the PyTorch runtime); None: what is free now.
+        max_memory: memory budget in GiB for one image (network activations, the image's buffers and
+            the model's cache of dense positional biases, not the model weights or the PyTorch
+            runtime); None: what is free now. When given, a quarter of it (at most the model's
+            default) is given to the bias cache (:meth:`ribsr.model.SST.set_bias_cache`) and the
+            rest to activations and buffers.
         dtype: ``"auto"`` (float32 on CPU, bfloat16 or float16 on CUDA), ``"float32"``,
             ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
         device: ``"auto"`` (the model's device), ``"cpu"``, ``"cuda"``, ...
@@ -494,6 +500,10 @@ class Upscaler:
         self.scale, self.align = scale, align
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.max_memory = max_memory
+        self._cache_bytes = 0  # bytes of the budget given to the model's bias cache
+        if max_memory is not None and hasattr(self.model, "set_bias_cache"):
+            self._cache_bytes = int(min(BIAS_CACHE_SHARE * max_memory * GIB, DEFAULT_BIAS_CACHE_BYTES))
+            self.model.set_bias_cache(self._cache_bytes)
         self.self_ensemble = self_ensemble
         self._cost: MemoryCost | None = None
         self._tile_cap: int | None = None  # largest tile side that has not run out of memory
@@ -510,7 +520,7 @@ class Upscaler:
 
     def plan(self, h: int, w: int) -> tuple[int | None, int]:
         """(tile side or None for no tiling, tiles per batch) for an (h, w) input."""
-        budget = self.max_memory * GIB if self.max_memory else available_memory(self.device)
+        budget = self.max_memory * GIB - self._cache_bytes if self.max_memory else available_memory(self.device)
         if self.tile == "auto":
             if fits_untiled(h, w, self.scale, self.align, budget, modelled_memory_cost(self.model)):
                 tile, batch = None, 1  # fits even by the generous model: no need to measure

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,10 +27,11 @@ def dataset(tmp_path):
 class Nearest(torch.nn.Module):
     def __init__(self, scale: int) -> None:
         super().__init__()
-        self.config = SimpleNamespace(scale=scale)
+        self.config = SimpleNamespace(scale=scale, window_sizes=(4,))
+        self.gain = torch.nn.Parameter(torch.ones(()))  # gives the model a device and dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=self.config.scale, mode="nearest")
+        return self.gain * F.interpolate(x, scale_factor=self.config.scale, mode="nearest")
 
 
 @pytest.fixture()
@@ -44,7 +43,7 @@ def fake_checkpoint(monkeypatch):
         calls.append({"spec": spec, "config": config, "scale": scale, "device": device})
         return Nearest(scale or 3)
 
-    monkeypatch.setitem(sys.modules, "ribsr.checkpoint", types.SimpleNamespace(resolve_model=resolve_model))
+    monkeypatch.setattr("ribsr.checkpoint.resolve_model", resolve_model)
     return calls
 
 
@@ -80,7 +79,7 @@ def test_failures_are_named_and_set_the_exit_code(dataset, capsys):
     [
         (["--model", "bicubic"], "--scale is required"),
         (["--model", "bicubic", "--scale", "2", "--self-ensemble"], "apply to models"),
-        (["--model", "m.pth", "--tile", "64"], "--tile"),
+        (["--model", "bicubic", "--scale", "2", "--tile", "64"], "apply to models"),
     ],
 )
 def test_usage_errors(dataset, args, message, capsys, fake_checkpoint):
@@ -106,3 +105,14 @@ def test_model_path_uses_resolve_model(dataset, tmp_path, fake_checkpoint):
     rc = main(["evaluate", "--data", str(dataset), "--scale", "2", "--json", str(out_json)])
     assert rc == 0 and fake_checkpoint[-1]["spec"] is None and fake_checkpoint[-1]["scale"] == 2
     assert json.loads(out_json.read_text())["results"][0]["scale"] == 2
+
+
+def test_tiled_evaluation_equals_whole_images_for_a_local_model(dataset, tmp_path, fake_checkpoint, capsys):
+    whole, tiled = tmp_path / "whole.json", tmp_path / "tiled.json"
+    assert main(["evaluate", "--model", "w.safetensors", "--data", str(dataset), "--json", str(whole)]) == 0
+    assert main(["evaluate", "--model", "w.safetensors", "--data", str(dataset), "--tile", "8",
+                 "--json", str(tiled)]) == 0
+    assert "tiles" in capsys.readouterr().out
+    # nearest upsampling is local: blended tiles give the same image, so the same PSNR
+    a, b = (json.loads(p.read_text())["results"][0]["psnr"] for p in (whole, tiled))
+    assert a == pytest.approx(b, abs=1e-9)

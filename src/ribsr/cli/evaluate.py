@@ -49,7 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--self-ensemble", action="store_true",
                    help="average the model over 8 flips/rotations (x8 slower)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
-                   help="run the model on N x N tiles (not available yet in this build)")
+                   help="run the model on overlapping N x N tiles (default: whole images)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--save-images", type=Path, default=None, metavar="OUT",
@@ -84,14 +84,18 @@ def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
         if args.self_ensemble or args.tile:
             raise ValueError("--self-ensemble and --tile apply to models, not to --model bicubic")
         return bicubic_upscaler(args.scale), args.scale
-    if args.tile is not None:
-        # Tiled inference belongs to ribsr.inference, which is not part of this build yet.
-        raise ValueError("--tile is not available yet: tiled inference has not been integrated")
     from ribsr.checkpoint import resolve_model
+    from ribsr.inference import Upscaler
 
     model = resolve_model(args.model, config=args.config, scale=args.scale, device=args.device)
     scale = int(model.config.scale)
-    return model_upscaler(model, ensemble=args.self_ensemble), scale
+    # Whole images unless --tile is given; Upscaler falls back to tiles (with a warning) only when
+    # memory runs out.
+    dtype = next(model.parameters()).dtype
+    runner = Upscaler(model, tile=args.tile or 0, self_ensemble=args.self_ensemble, dtype=dtype)
+    if args.tile:
+        print(f"evaluating on {args.tile}x{args.tile} tiles (overlapping, blended)")
+    return model_upscaler(model, forward=runner.upscale_tensor), scale
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,6 +38,15 @@ def datasets_dir() -> Path:
     return root
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (tiny networks: thread start-up costs more than it saves)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

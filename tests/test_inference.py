@@ -24,14 +24,8 @@ from ribsr.inference import (
     tiled_forward,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The stand-in networks are tiny: one thread is faster, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The stand-in networks are tiny: one thread is faster, and far faster on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -291,21 +291,38 @@ def _bench_attention_case(
     if max_bytes is not None and estimate > max_bytes:
         result["skipped"] = f"estimated {estimate / 2**30:.1f} GiB > limit {max_bytes / 2**30:.1f} GiB"
         return result
-    try:
+
+    def make() -> Callable[[], Any]:
         fn, result["path"] = _attention_callable(case)
+        return fn
+
+    return _measure(result, make, device, "attention", dataclasses.asdict(case), threads, repeats, warmup,
+                    max_seconds, memory, subprocess_timeout, digits=3)
+
+
+def _measure(
+    result: dict[str, Any], make: Callable[[], Callable[[], Any]], device: torch.device, kind: str,
+    spec: dict[str, Any], threads: int, repeats: int, warmup: int, max_seconds: float, memory: bool,
+    subprocess_timeout: float, digits: int,
+) -> dict[str, Any]:
+    """Fill ``result`` with the median wall and CPU ms of ``make()()`` and its peak MiB (CUDA: the
+    allocator's peak; CPU: a fresh subprocess running ``kind``/``spec``); out of memory becomes a skip."""
+    try:
+        fn = make()
         if device.type == "cuda":
             fn()  # warm-up outside the peak window
             peak = _Peak(device)
             fn()
-            result["peak_mb"] = round(peak.mib(), 2)
+            result["peak_mb"] = round(peak.mib(), digits)
         times, cpu = time_callable(fn, device, repeats, warmup, max_seconds)
         del fn
-        result["ms"] = round(1e3 * statistics.median(times), 3)
-        result["cpu_ms"] = round(1e3 * statistics.median(cpu), 3)
+        result["ms"] = round(1e3 * statistics.median(times), digits)
+        result["cpu_ms"] = round(1e3 * statistics.median(cpu), digits)
         result["runs"] = len(times)
         if memory and device.type == "cpu":
-            measured = _measure_in_subprocess("attention", dataclasses.asdict(case), threads, subprocess_timeout)
-            result["peak_mb"], result["held_mb"] = round(measured["peak_mb"], 2), round(measured["held_mb"], 2)
+            measured = _measure_in_subprocess(kind, spec, threads, subprocess_timeout)
+            result["peak_mb"] = round(measured["peak_mb"], digits)
+            result["held_mb"] = round(measured["held_mb"], digits)
     except torch.cuda.OutOfMemoryError as exc:
         result["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
     finally:
@@ -399,29 +416,8 @@ def _bench_model_case(
         "mode": "train" if spec["train"] else "inference", "input": f"{spec['batch']}x3x{h}x{w}",
         "ms": None, "cpu_ms": None, "peak_mb": None, "held_mb": None, "runs": 0, "skipped": None,
     }
-    try:
-        fn = _model_callable(**spec)
-        if dev.type == "cuda":
-            fn()
-            peak = _Peak(dev)
-            fn()
-            result["peak_mb"] = round(peak.mib(), 1)
-        times, cpu = time_callable(fn, dev, repeats, warmup, max_seconds)
-        del fn
-        result["ms"] = round(1e3 * statistics.median(times), 1)
-        result["cpu_ms"] = round(1e3 * statistics.median(cpu), 1)
-        result["runs"] = len(times)
-        if memory and dev.type == "cpu":
-            measured = _measure_in_subprocess("model", spec, threads, subprocess_timeout)
-            result["peak_mb"] = round(measured["peak_mb"], 1)
-            result["held_mb"] = round(measured["held_mb"], 1)
-    except torch.cuda.OutOfMemoryError as exc:
-        result["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
-    finally:
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    return result
+    return _measure(result, lambda: _model_callable(**spec), dev, "model", spec, threads, repeats, warmup,
+                    max_seconds, memory, subprocess_timeout, digits=1)
 
 
 # ------------------------------------------------------------------------------------------ reporting

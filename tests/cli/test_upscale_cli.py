@@ -8,20 +8,13 @@ from pathlib import Path
 import numpy as np
 import png
 import pytest
-import torch
 from PIL import Image
 
 from ribsr.cli import main
 from ribsr.cli import upscale as upscale_cli
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The stand-in networks are tiny: one thread is faster, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The stand-in networks are tiny: one thread is faster, and far faster on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -23,13 +23,8 @@ OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 CASES: dict[str, dict[str, Any]] = json.loads((OFFICIAL / "cases.json").read_text())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The networks are tiny: thread start-up costs more than it saves on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The networks are tiny: thread start-up costs more than it saves on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def max_abs_diff(fixtures: Path, name: str, case: dict[str, Any], attention: str) -> float:

@@ -81,10 +81,8 @@ def read_checkpoint(path: str | Path) -> tuple[StateDict, SSTConfig | None]:
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
-    for key in ("params_ema", "params", "state_dict", "model"):
+    for key in ("params_ema", "params", "state_dict", "model"):  # in order of preference
         if key in obj and isinstance(obj[key], Mapping):
-            if key != "params_ema" and "params_ema" in obj:
-                continue
             log.debug("%s: using %r", path, key)
             obj = obj[key]
             break

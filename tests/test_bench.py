@@ -32,7 +32,7 @@ def test_bench_attention_cli_writes_json_for_every_method_and_mode(tmp_path, cap
         assert {"method", "window", "mode", "ms", "cpu_ms", "peak_mb", "held_mb"} <= set(r)
         assert r["ms"] > 0 and r["skipped"] is None
     paths = {r["method"]: r["path"] for r in rows}
-    assert paths["RPB naive"] == "reference" and paths["RIB concat"] == "concat" and paths["RoPE"] == "bias"
+    assert paths["RPB naive"] == "naive" and paths["RIB concat"] == "concat" and paths["RoPE"] == "bias"
     assert "| RPB mask | 8 | backward | bias |" in capsys.readouterr().out
 
 
@@ -41,6 +41,24 @@ def test_peak_memory_is_measured_in_a_subprocess():
     naive, concat = bench_attention(cases, repeats=1, warmup=0, threads=1)
     # naive holds 16 windows x 3 heads x 256^2 float32 scores (12 MiB) and their softmax
     assert naive["peak_mb"] > 12 and naive["peak_mb"] > 3 * concat["peak_mb"]
+
+
+@pytest.mark.parametrize(("method", "cache", "builds"), [
+    ("RPB naive", True, 3),  # the RPB networks gather their bias on every forward
+    ("RPB mask", True, 1),  # built by the warm-up call, then kept
+    ("RPB mask", False, 3),
+])
+def test_which_methods_rebuild_the_positional_term_per_call(monkeypatch, method, cache, builds):
+    from ribsr.bench import _attention_callable
+    from ribsr.model.positional import RPB
+
+    calls = []
+    original = RPB.compute_bias
+    monkeypatch.setattr(RPB, "compute_bias", lambda self, ws, device: calls.append(ws) or original(self, ws, device))
+    run, _ = _attention_callable(AttentionCase(method, window=8, image=16, heads=2, head_dim=8, cache=cache))
+    for _ in range(3):
+        run()
+    assert calls == [8] * builds
 
 
 def test_cases_over_the_memory_limit_are_skipped():

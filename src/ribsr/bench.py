@@ -39,16 +39,32 @@ from ribsr.model.positional import RIB, RPB, CacheBudget, FlashBias, NoPE, Posit
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MIB = 2**20
 
-# method -> (scheme from (heads, head_dim, rank, window), attention backend name)
-METHODS: dict[str, tuple[Callable[[int, int, int, int], PositionalScheme], str]] = {
-    "RIB concat": (lambda h, d, r, ws: RIB(h, r), "concat"),
-    "RIB bias": (lambda h, d, r, ws: RIB(h, r), "bias"),
-    "RIB reference": (lambda h, d, r, ws: RIB(h, r), "reference"),
-    "RPB naive": (lambda h, d, r, ws: RPB(h, ws), "reference"),
-    "RPB mask": (lambda h, d, r, ws: RPB(h, ws), "bias"),
-    "FlashBias": (lambda h, d, r, ws: FlashBias(h, r, ws), "concat"),
-    "RoPE": (lambda h, d, r, ws: RoPE(h, d), "auto"),
-    "NoPE": (lambda h, d, r, ws: NoPE(), "auto"),
+@dataclass(frozen=True)
+class Method:
+    """One benchmarked way of computing window attention.
+
+    ``make`` builds the positional scheme from (heads, head_dim, rank, window); ``backend`` names the
+    attention path (:func:`ribsr.model.attention.make_backend`). ``keeps_term``: in forward (inference)
+    cases the positional term built by the warm-up call is kept between calls, as our network does in
+    eval mode; False rebuilds it on every call, as the code being compared against does.
+    """
+
+    make: Callable[[int, int, int, int], PositionalScheme]
+    backend: str
+    keeps_term: bool = True
+
+
+METHODS: dict[str, Method] = {
+    "RIB concat": Method(lambda h, d, r, ws: RIB(h, r), "concat"),
+    "RIB bias": Method(lambda h, d, r, ws: RIB(h, r), "bias"),
+    "RIB reference": Method(lambda h, d, r, ws: RIB(h, r), "reference"),
+    # As the RPB networks (SwinIR, HAT, PFT) compute it: their forward gathers the (heads, N, N) bias from
+    # the table on every call, then materialises the scores (QK^T/sqrt(d) + bias), softmax, times V.
+    "RPB naive": Method(lambda h, d, r, ws: RPB(h, ws), "naive", keeps_term=False),
+    "RPB mask": Method(lambda h, d, r, ws: RPB(h, ws), "bias"),
+    "FlashBias": Method(lambda h, d, r, ws: FlashBias(h, r, ws), "concat"),
+    "RoPE": Method(lambda h, d, r, ws: RoPE(h, d), "auto"),
+    "NoPE": Method(lambda h, d, r, ws: NoPE(), "auto"),
 }
 MODES = ("forward", "backward")
 
@@ -60,7 +76,8 @@ class AttentionCase:
     ``mode`` "backward" times forward + backward (training mode: the positional term is rebuilt on every
     call). "forward" runs in eval mode under no_grad; with ``cache`` (the default) the positional term
     (factors, dense bias, rotation) is built by the warm-up call and kept, as in inference, so it counts as
-    held memory, not as the call's peak; without, it is rebuilt on every call.
+    held memory, not as the call's peak; without, it is rebuilt on every call. Methods that model other
+    networks' code (``Method.keeps_term`` False: RPB naive) rebuild it on every call either way.
     """
 
     method: str
@@ -97,16 +114,17 @@ class AttentionCase:
 
 def estimate_bytes(case: AttentionCase) -> int:
     """A rough upper estimate of a case's peak memory, used only to skip cases that cannot fit."""
-    make, backend = METHODS[case.method]
+    method = METHODS[case.method]
+    backend = method.backend
     with torch.device("meta"):
-        pos = make(case.heads, case.head_dim, case.rank, case.window)
+        pos = method.make(case.heads, case.head_dim, case.rank, case.window)
     w, h, n = case.windows, case.heads, case.tokens
     backward = case.mode == "backward"
     scores = w * h * n * n * 4
     bias = (h * n * n * 4 + n * n * 4) if pos.has_term else 0  # the dense bias (and an RPB gather index)
     small = 16 * w * h * n * (case.head_dim + case.rank) * 4
     # a mask that needs a gradient sends the CPU kernel to a path that keeps the scores too
-    if backend == "reference" or (backward and pos.has_term and backend == "bias" and case.device == "cpu"):
+    if backend in ("reference", "naive") or (backward and pos.has_term and backend == "bias" and case.device == "cpu"):
         return (5 if backward else 3) * scores + bias + small
     if backend == "bias" or not pos.has_factors:
         return (3 if backward else 2) * bias + small
@@ -147,20 +165,21 @@ def _sync(device: torch.device) -> None:
 def _attention_callable(case: AttentionCase) -> tuple[Callable[[], None], str]:
     """A no-argument function running the case once, and the name of the path it takes."""
     device, dtype = torch.device(case.device), DTYPES[case.dtype]
-    make, backend_name = METHODS[case.method]
-    pos = make(case.heads, case.head_dim, case.rank, case.window).to(device)
+    method = METHODS[case.method]
+    pos = method.make(case.heads, case.head_dim, case.rank, case.window).to(device)
     backward = case.mode == "backward"
     pos.train(backward)
-    if case.cache:  # keep whatever the scheme builds (the network's shared budget is not in play here)
+    keep = case.cache and method.keeps_term
+    if keep:  # keep whatever the scheme builds (the network's shared budget is not in play here)
         pos.bias_budget = CacheBudget(2**62)
     shape = (case.windows, case.heads, case.tokens, case.head_dim)  # (windows, heads, N, D)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
-    backend: AttentionFn = make_backend(backend_name)
+    backend: AttentionFn = make_backend(method.backend)
     path = backend.choose(q, pos).__name__ if isinstance(backend, AutoAttention) else backend.__name__
     grad = torch.randn(shape, device=device, dtype=dtype) if backward else None
 
     def run() -> None:
-        if not case.cache:
+        if not keep:
             pos.clear_cache()
         if backward:
             out = backend(q, k, v, pos, case.window)

@@ -12,13 +12,14 @@ from ribsr.model.attention import (
     WindowAttention,
     attend_bias,
     attend_concat,
+    attend_naive,
     attend_reference,
     make_backend,
     pad_to_multiple,
 )
 from ribsr.model.positional import RIB, NoPE, fourier_features, window_coordinates
 
-PATHS = {"reference": attend_reference, "bias": attend_bias, "concat": attend_concat}
+PATHS = {"reference": attend_reference, "naive": attend_naive, "bias": attend_bias, "concat": attend_concat}
 
 
 def _rib(heads=3, rank=8, hidden=16, freqs=4):
@@ -63,6 +64,18 @@ def test_paths_agree_to_1e5(ws):
         outs = {name: fn(q, k, v, rib, ws) for name, fn in PATHS.items()}
     for name in ("bias", "concat"):
         assert (outs[name] - outs["reference"]).abs().max() <= 1e-5, name
+    assert (outs["naive"] - outs["reference"]).abs().max() <= 1e-6  # the same operations in float32
+
+
+def test_naive_keeps_low_precision_inputs_in_their_dtype():
+    rib = _rib(rank=24).eval()
+    q, k, v = (torch.randn(2, 3, 64, 16) for _ in range(3))
+    with torch.no_grad():
+        ref = attend_reference(q, k, v, rib, 8)
+        out = attend_naive(q.bfloat16(), k.bfloat16(), v.bfloat16(), rib, 8)
+    assert out.dtype == torch.bfloat16
+    # bfloat16 matmuls (8 mantissa bits) on unit-variance inputs: a few hundredths at most
+    assert 0 < (out.float() - ref).abs().max() <= 0.05
 
 
 def test_auto_uses_bias_below_cap_and_concat_above(monkeypatch):

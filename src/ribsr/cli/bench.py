@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="one attention layer over all windows of an image, for every positional scheme and path",
         description="Median latency and measured peak memory of one attention layer (q, k, v of all windows of an "
         "IMAGE x IMAGE map -> output) for RIB concat, RIB bias, RPB naive, RPB mask, FlashBias, RoPE and NoPE. "
-        "Forward runs as eval inference (positional terms kept between calls unless --no-cache); "
+        "Forward runs as eval inference (positional terms kept between calls unless --no-cache; RPB naive "
+        "gathers its bias on every call, as the RPB networks' code does); "
         "--backward adds forward+backward in training mode.",
     )
     _common(a)
@@ -48,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--scale", type=int, default=2)
     m.add_argument("--lr-size", default="128x128", help="input size HxW (default 128x128)")
     m.add_argument("--attn-type", nargs="+", default=["RIB"], help="positional schemes to compare (RIB RPB ...)")
-    m.add_argument("--attention", default="auto", help="attention path (auto, concat, bias, reference)")
+    m.add_argument("--attention", default="auto", help="attention path (auto, concat, bias, reference, naive)")
     m.add_argument("--train", action="store_true", help="time one AdamW step instead of inference")
     m.add_argument("--batch", type=int, default=None, help="batch size (default 1; 4 with --train)")
     m.add_argument("--patch", type=int, default=None, help="with --train: LR patch side (default 64)")

@@ -10,6 +10,8 @@ Every backend computes, per window and head,
 * ``bias``: P is materialised once as a (heads, N, N) tensor shared by all windows and passed as
   ``attn_mask`` (PyTorch's CPU flash kernel accepts an additive mask);
 * ``reference``: plain float32 matmul and softmax, for tests;
+* ``naive``: the same unfused computation in the inputs' dtype (mixed precision as under autocast), as
+  the RPB networks (SwinIR, HAT, PFT) compute it: the baseline of the benchmarks;
 * ``auto`` (default): ``concat`` on CUDA; on CPU ``bias`` while the dense bias stays under a memory
   cap, else ``concat``.
 
@@ -44,6 +46,22 @@ def attend_reference(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
     if bias is not None:
         logits = logits + bias
     return (torch.softmax(logits, dim=-1) @ v.float()).to(v.dtype)
+
+
+def attend_naive(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
+    """Unfused attention as the RPB networks compute it, in the inputs' dtype: q scaled by 1/sqrt(D), the
+    (windows, heads, N, N) scores materialised, the bias added, softmax, times v.
+
+    Low-precision inputs follow autocast: both matmuls in the inputs' dtype; adding the float32 bias
+    promotes the scores to float32, and softmax runs in float32. For float32 inputs this is
+    :func:`attend_reference`.
+    """
+    q, k = pos.rotate(q, k, ws)
+    logits = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)  # (windows, heads, N, N)
+    bias = pos.bias(ws, q.device)
+    if bias is not None:
+        logits = logits + bias  # (heads, N, N) float32, broadcast over windows
+    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype) @ v
 
 
 def attend_bias(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
@@ -114,11 +132,12 @@ BACKENDS: dict[str, Callable[[], AttentionFn]] = {
     "concat": lambda: attend_concat,
     "bias": lambda: attend_bias,
     "reference": lambda: attend_reference,
+    "naive": lambda: attend_naive,
 }
 
 
 def make_backend(name: str = "auto") -> AttentionFn:
-    """The attention function for a backend name: ``auto``, ``concat``, ``bias`` or ``reference``."""
+    """The attention function for a backend name: ``auto``, ``concat``, ``bias``, ``reference`` or ``naive``."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
     return BACKENDS[name]()

@@ -90,6 +90,25 @@ def test_bench_model_cli_compares_attention_types(tmp_path, capsys):
     assert all(r["ms"] > 0 and r["input"] == "1x3x8x12" and r["mode"] == "inference" for r in rows)
     assert main(["bench", "model", "light", "--lr-size", "8by8"]) == 2
     assert "'8by8'" in capsys.readouterr().err
+    assert main(["bench", "model", "light", "--bias-cache-gb", "-1"]) == 2
+    assert "--bias-cache-gb must be >= 0, got -1.0" in capsys.readouterr().err
+
+
+def test_bench_model_without_kept_biases_rebuilds_them_every_call(monkeypatch):
+    from ribsr.bench import _model_callable
+    from ribsr.checkpoint import build_model
+    from ribsr.model.positional import RPB
+
+    calls = []
+    original = RPB.compute_bias
+    monkeypatch.setattr(RPB, "compute_bias", lambda self, ws, device: calls.append(ws) or original(self, ws, device))
+    layers = sum(isinstance(m, RPB) for m in build_model("light", scale=2, attn_type="RPB").modules())
+    for budget, expected in ((None, 0), (0, layers)):  # default: every bias kept; 0: all rebuilt
+        run = _model_callable("light", 2, "RPB", (8, 8), attention="naive", bias_cache_bytes=budget)
+        run()
+        calls.clear()
+        run()
+        assert len(calls) == expected
 
 
 def test_gpu_check_dry_run_lists_the_steps():

@@ -366,13 +366,19 @@ def attention_cases(
 # ------------------------------------------------------------------------------------------ whole network
 def _model_callable(
     preset: str, scale: int, attn_type: str, lr_size: Sequence[int], batch: int = 1, train: bool = False,
-    device: str = "cpu", dtype: str = "float32", attention: str = "auto",
+    device: str = "cpu", dtype: str = "float32", attention: str = "auto", bias_cache_bytes: int | None = None,
 ) -> Callable[[], None]:
-    """A no-argument function: one inference (no_grad, eval) or one AdamW step (L1 loss) of the network."""
+    """A no-argument function: one inference (no_grad, eval) or one AdamW step (L1 loss) of the network.
+
+    ``bias_cache_bytes``: the network's budget for dense biases kept between eval calls (None: its default;
+    0: rebuilt on every call, as the RPB networks' code does).
+    """
     from ribsr.checkpoint import build_model
 
     dev, dt = torch.device(device), DTYPES[dtype]
     model = build_model(preset, scale=scale, attention=attention, attn_type=attn_type).to(dev, dt)
+    if bias_cache_bytes is not None:
+        model.set_bias_cache(bias_cache_bytes)
     x = torch.rand(batch, 3, *lr_size, device=dev, dtype=dt)
     if not train:
         model.eval()
@@ -404,6 +410,7 @@ def bench_model(
     device: str = "cpu",
     dtype: str = "float32",
     attention: str = "auto",
+    bias_cache_bytes: int | None = None,
     repeats: int = 5,
     warmup: int = 1,
     max_seconds: float = 60.0,
@@ -416,11 +423,13 @@ def bench_model(
     Inference: one no-grad eval forward of a (batch, 3, *lr_size) input, after a warm-up call (so biases
     the network caches in eval mode are built; ``held_mb`` on the CPU is what the warm-up left resident).
     ``train``: one AdamW step on that batch with an L1 loss against a random target.
+    ``bias_cache_bytes``: the network's dense-bias budget (None: the default; 0: nothing kept).
     """
     with _threads(threads) as threads:
         for attn_type in attn_types:
             spec = dict(preset=preset, scale=scale, attn_type=attn_type, lr_size=list(lr_size), batch=batch,
-                        train=train, device=device, dtype=dtype, attention=attention)
+                        train=train, device=device, dtype=dtype, attention=attention,
+                        bias_cache_bytes=bias_cache_bytes)
             yield _bench_model_case(spec, threads, repeats, warmup, max_seconds, memory, subprocess_timeout)
 
 

@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--lr-size", default="128x128", help="input size HxW (default 128x128)")
     m.add_argument("--attn-type", nargs="+", default=["RIB"], help="positional schemes to compare (RIB RPB ...)")
     m.add_argument("--attention", default="auto", help="attention path (auto, concat, bias, reference, naive)")
+    m.add_argument("--bias-cache-gb", type=float, default=None,
+                   help="GiB of dense biases the network keeps between calls (default: its own, 1.25; 0: rebuild "
+                   "every call, as the RPB networks' code does)")
     m.add_argument("--train", action="store_true", help="time one AdamW step instead of inference")
     m.add_argument("--batch", type=int, default=None, help="batch size (default 1; 4 with --train)")
     m.add_argument("--patch", type=int, default=None, help="with --train: LR patch side (default 64)")
@@ -140,6 +143,8 @@ def run_model(args: argparse.Namespace) -> int:
     from ribsr.bench import bench_model, environment, format_table
 
     _check_device(args.device)
+    if args.bias_cache_gb is not None and args.bias_cache_gb < 0:
+        raise ValueError(f"--bias-cache-gb must be >= 0, got {args.bias_cache_gb}")
     if args.train:
         side = args.patch or 64
         size, batch = (side, side), args.batch or 4
@@ -147,7 +152,8 @@ def run_model(args: argparse.Namespace) -> int:
         size, batch = _size(args.lr_size), args.batch or 1
     env = environment(args.device, args.dtype, args.threads)
     settings = dict(preset=args.preset, scale=args.scale, lr_size=list(size), batch=batch, train=args.train,
-                    attention=args.attention, repeats=args.repeats, warmup=args.warmup,
+                    attention=args.attention, bias_cache_gb=args.bias_cache_gb, repeats=args.repeats,
+                    warmup=args.warmup,
                     load_avg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
     _header(env, settings)
     columns = ["preset", "scale", "attn_type", "mode", "input", "ms", "cpu_ms", "peak_mb", "held_mb", "runs",
@@ -156,6 +162,7 @@ def run_model(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     for r in bench_model(args.preset, args.attn_type, scale=args.scale, lr_size=size, batch=batch,
                          train=args.train, device=args.device, dtype=args.dtype, attention=args.attention,
+                         bias_cache_bytes=None if args.bias_cache_gb is None else int(args.bias_cache_gb * 2**30),
                          repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds,
                          threads=args.threads, memory=not args.no_memory):
         results.append(r)

@@ -1,0 +1,1 @@
+"""Training: option files, data, the loop, checkpoints and export."""

@@ -1,0 +1,767 @@
+"""Training option files: the paper's BasicSR-style YAML, read into typed, validated, frozen dataclasses.
+
+:func:`load_options` reads an option file as the paper wrote it (``name``, ``scale``, ``manual_seed``,
+``network_g``, ``datasets.train`` and ``datasets.val_*``, ``train``, ``val``, ``logger``, ``path``), applies
+``--set KEY=VALUE`` overrides, and reports every problem of the file in one :class:`OptionsError`, each with
+its dotted key path, before any work starts. Keys that only steer BasicSR's own machinery (``num_gpu``,
+``dist_params``, ...) are accepted and named in one log notice.
+
+Relative paths resolve against the option file's folder (after ``~`` and ``$VAR`` expansion). Files need not
+exist when the options are read: :meth:`Options.missing_files` lists the missing ones for the trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import re
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ribsr.config import ConfigError, SSTConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DatasetOptions", "IOBackendOptions", "LoggerOptions", "LossOptions", "MetricOptions", "OptimizerOptions",
+    "Options", "OptionsError", "PathOptions", "SchedulerOptions", "TrainOptions", "ValOptions",
+    "apply_overrides", "load_options", "options_from_dict",
+]
+
+
+class OptionsError(ValueError):
+    """One or more problems in training options (all are listed, each with its key path)."""
+
+    def __init__(self, problems: Sequence[str], source: str | Path | None = None) -> None:
+        self.problems = list(problems)
+        self.source = None if source is None else str(source)
+        where = f" in {self.source}" if self.source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid training options{where}:\n{lines}")
+
+
+def _opt(default: Any = MISSING, *, choices: Sequence[str] | None = None, aliases: Mapping[str, str] | None = None,
+         ge: float | None = None, gt: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with the checks the loader applies to it (to each item of a tuple)."""
+    meta = {"choices": choices, "aliases": aliases, "ge": ge, "gt": gt, "lt": lt}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------- the option blocks
+@dataclass(frozen=True)
+class IOBackendOptions:
+    """How a dataset's images are read: ``disk`` (files), ``lmdb`` (a BasicSR LMDB) or ``memory`` (decoded once)."""
+
+    type: str = _opt("disk", choices=("disk", "lmdb", "memory"))
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """One ``datasets.*`` block: where the images are and how batches are drawn from them.
+
+    ``PairedImageDataset`` pairs HR images with pre-made LR ones (``dataroot_lq``, names via ``filename_tmpl``);
+    ``DownsampleImageDataset`` makes the LR of each HR crop on the fly. ``gt_size`` is the HR patch size of
+    training crops (required for ``datasets.train``).
+    """
+
+    name: str
+    type: str = _opt(choices=("PairedImageDataset", "DownsampleImageDataset"))
+    dataroot_gt: Path = _opt()
+    dataroot_lq: Path | None = None
+    meta_info_file: Path | None = None
+    filename_tmpl: str = "{}"
+    io_backend: IOBackendOptions = IOBackendOptions()
+    gt_size: int | None = _opt(None, gt=0)
+    use_hflip: bool = False
+    use_rot: bool = False
+    use_shuffle: bool = True
+    num_worker_per_gpu: int = _opt(0, ge=0)
+    batch_size_per_gpu: int = _opt(1, gt=0)
+    dataset_enlarge_ratio: int = _opt(1, gt=0)
+
+
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """``train.optim_g``: the optimizer of the network."""
+
+    type: str = _opt(choices=("Adam", "AdamW"))
+    lr: float = _opt(gt=0)
+    weight_decay: float = _opt(0.0, ge=0)
+    betas: tuple[float, float] = _opt((0.9, 0.999), ge=0, lt=1)
+    eps: float = _opt(1e-8, gt=0)
+
+
+# The keys each scheduler type uses (besides ``type``); the others must keep their defaults.
+SCHEDULER_KEYS: dict[str, tuple[str, ...]] = {
+    "MultiStepLR": ("milestones", "gamma", "restarts"),
+    "CosineAnnealingRestartLR": ("periods", "restart_weights", "eta_min"),
+    "CosineAnnealingLR": ("T_max", "eta_min"),
+}
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    """``train.scheduler``: the learning-rate schedule after the warm-up.
+
+    ``MultiStepLR`` (BasicSR's ``MultiStepRestartLR`` without restarts) multiplies the rate by ``gamma`` at each
+    of ``milestones`` (iterations counted from the start of the run). ``CosineAnnealingRestartLR`` runs one
+    cosine per period of ``periods`` (down to ``eta_min``); ``CosineAnnealingLR`` one cosine over ``T_max``
+    iterations (None: the iterations after the warm-up).
+    """
+
+    type: str = _opt(choices=tuple(SCHEDULER_KEYS), aliases={"MultiStepRestartLR": "MultiStepLR"})
+    milestones: tuple[int, ...] = _opt((), gt=0)
+    gamma: float = _opt(0.5, gt=0)
+    periods: tuple[int, ...] = _opt((), gt=0)
+    restart_weights: tuple[float, ...] = _opt((), ge=0)
+    eta_min: float = _opt(0.0, ge=0)
+    T_max: int | None = _opt(None, gt=0)
+    restarts: tuple[int, ...] = _opt((), ge=0)
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """``train.pixel_opt``: the pixel loss (``eps`` is Charbonnier's)."""
+
+    type: str = _opt(choices=("L1Loss", "MSELoss", "CharbonnierLoss"))
+    loss_weight: float = _opt(1.0, gt=0)
+    reduction: str = _opt("mean", choices=("mean", "sum"))
+    eps: float = _opt(1e-12, gt=0)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The ``train`` block: optimizer, schedule, length, loss, EMA and the safety limits.
+
+    ``warmup_iter`` -1 (or 0) means no warm-up; ``ema_decay`` 0 keeps no moving average. ``grad_clip_norm``
+    (ribsr's key) clips the global gradient norm; ``max_nonfinite_steps`` (ribsr's key) non-finite losses in a
+    row stop the run.
+    """
+
+    optim_g: OptimizerOptions
+    scheduler: SchedulerOptions
+    total_iter: int = _opt(gt=0)
+    pixel_opt: LossOptions = _opt()
+    ema_decay: float = _opt(0.0, ge=0, lt=1)
+    warmup_iter: int = _opt(-1, ge=-1)
+    grad_clip_norm: float | None = _opt(None, gt=0)
+    max_nonfinite_steps: int = _opt(5, gt=0)
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """One ``val.metrics`` entry: PSNR or SSIM, with its border crop and colour space."""
+
+    type: str = _opt(choices=("calculate_psnr", "calculate_ssim"),
+                     aliases={"psnr": "calculate_psnr", "ssim": "calculate_ssim"})
+    crop_border: int = _opt(0, ge=0)
+    test_y_channel: bool = False
+    better: str = _opt("higher", choices=("higher", "lower"))
+
+
+@dataclass(frozen=True)
+class ValOptions:
+    """The ``val`` block: how often and how to validate. ``tile`` (ribsr's key): tile images larger than this."""
+
+    val_freq: int = _opt(gt=0)
+    metrics: dict[str, MetricOptions] = _opt()
+    save_img: bool = False
+    pbar: bool = False
+    tile: int | None = _opt(None, gt=0)
+
+
+@dataclass(frozen=True)
+class LoggerOptions:
+    """The ``logger`` block. ``keep_checkpoints`` (ribsr's key): how many checkpoints to keep (0: all)."""
+
+    print_freq: int = _opt(100, gt=0)
+    save_checkpoint_freq: int = _opt(5000, gt=0)
+    use_tb_logger: bool = False
+    keep_checkpoints: int = _opt(3, ge=0)
+
+
+@dataclass(frozen=True)
+class PathOptions:
+    """The ``path`` block: weights to start from, and a checkpoint to resume."""
+
+    pretrain_network_g: Path | None = None
+    strict_load_g: bool = True
+    param_key_g: str = "params"
+    resume_state: Path | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    """A whole option file, validated; ``raw`` is its resolved plain-dict form (saved in checkpoints).
+
+    ``val_data`` holds every ``datasets.val*`` block in file order; ``val`` is None when the file has no
+    ``val`` block. Build with :func:`load_options` or :func:`options_from_dict`, which check everything.
+    """
+
+    name: str
+    scale: int
+    network: SSTConfig
+    train_data: DatasetOptions
+    val_data: dict[str, DatasetOptions]
+    train: TrainOptions
+    val: ValOptions | None
+    logger: LoggerOptions
+    path: PathOptions
+    manual_seed: int = 0
+    source: Path | None = field(default=None, compare=False)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.raw:
+            object.__setattr__(self, "raw", self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a plain dict in the option file's layout (loadable again, YAML- and checkpoint-safe)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "scale": self.scale,
+            "manual_seed": self.manual_seed,
+            "network_g": self.network.to_network_g(),
+            "datasets": {"train": _plain(self.train_data), **{k: _plain(v) for k, v in self.val_data.items()}},
+            "train": _plain(self.train),
+        }
+        if self.val is not None:
+            out["val"] = _plain(self.val)
+        out["logger"] = _plain(self.logger)
+        out["path"] = _plain(self.path)
+        return out
+
+    def missing_files(self) -> list[str]:
+        """Problems with the files the options name: data folders and files, pretrained weights and
+        ``resume_state`` that do not exist (empty when all are there)."""
+        out: list[str] = []
+
+        def need(path: Path | None, key: str, is_file: bool) -> None:
+            if path is None:
+                return
+            if not path.exists():
+                out.append(f"{key}: not found: {path}")
+            elif is_file and not path.is_file():
+                out.append(f"{key}: not a file: {path}")
+
+        for key, ds in (("train", self.train_data), *self.val_data.items()):
+            need(ds.dataroot_gt, f"datasets.{key}.dataroot_gt", False)
+            need(ds.dataroot_lq, f"datasets.{key}.dataroot_lq", False)
+            need(ds.meta_info_file, f"datasets.{key}.meta_info_file", True)
+        need(self.path.pretrain_network_g, "path.pretrain_network_g", True)
+        need(self.path.resume_state, "path.resume_state", True)
+        return out
+
+    def check_files(self) -> None:
+        """Raise :class:`OptionsError` listing :meth:`missing_files`, if any."""
+        missing = self.missing_files()
+        if missing:
+            raise OptionsError(missing, self.source)
+
+
+def _plain(obj: Any) -> Any:
+    """A dataclass, tuple, Path or dict as plain YAML-able data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if isinstance(obj, SchedulerOptions):
+            used = SCHEDULER_KEYS[obj.type]
+            names = ["type", *(n for n in names if n in used)]
+            if obj.type == "MultiStepLR":
+                names.remove("restarts")  # always empty once validated
+        return {n: _plain(getattr(obj, n)) for n in names}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (tuple, list)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+# ---------------------------------------------------------------------- keys BasicSR needs and we do not
+_IGNORED_TOP = frozenset({"num_gpu", "dist_params", "model_type", "is_train", "dist", "rank", "world_size",
+                          "auto_resume"})
+_IGNORED_IN: dict[type, frozenset[str]] = {
+    DatasetOptions: frozenset({"prefetch_mode", "pin_memory", "phase", "color"}),
+    LoggerOptions: frozenset({"wandb"}),
+    PathOptions: frozenset({"experiments_root", "models", "training_states", "log", "visualization", "root",
+                            "results_root"}),
+}
+_TOP_KEYS = ("name", "scale", "manual_seed", "network_g", "datasets", "train", "val", "logger", "path")
+
+
+# ---------------------------------------------------------------------- the converter
+_BAD = object()  # marks a value that did not convert (its problem is recorded)
+_ENV_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+@dataclass
+class _Context:
+    base_dir: Path
+    problems: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}" if path else message)
+
+
+def _describe(meta: Mapping[str, Any], kind: str) -> str:
+    ge, gt, lt = meta.get("ge"), meta.get("gt"), meta.get("lt")
+    if gt == 0 and ge is None and lt is None:
+        return f"a positive {kind}"
+    if ge == 0 and gt is None and lt is None:
+        return f"a non-negative {kind}"
+    parts = [f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
+             f"< {lt}" if lt is not None else ""]
+    return f"a {kind} " + " and ".join(p for p in parts if p)
+
+
+def _check_range(value: float, original: Any, meta: Mapping[str, Any], path: str, kind: str, ctx: _Context) -> Any:
+    ge, gt, lt = meta.get("ge"), meta.get("gt"), meta.get("lt")
+    if (ge is not None and value < ge) or (gt is not None and value <= gt) or (lt is not None and value >= lt):
+        ctx.problem(path, f"must be {_describe(meta, kind)}, got {original!r}")
+        return _BAD
+    return value
+
+
+def _to_int(value: Any, meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
+    result: Any = _BAD
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        result = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        result = int(value)  # BasicSR files write counts as `!!float 5e3`
+    elif isinstance(value, str):
+        try:
+            result = int(value.strip())
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number) and number.is_integer():
+                result = int(number)
+    if result is _BAD:
+        ctx.problem(path, f"must be an integer, got {value!r}")
+        return _BAD
+    return _check_range(result, value, meta, path, "integer", ctx)
+
+
+def _to_float(value: Any, meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
+    result: Any = _BAD
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, (int, float)):
+        result = float(value)
+    elif isinstance(value, str):  # PyYAML reads `5e-4` (no dot) as a string
+        try:
+            result = float(value.strip())
+        except ValueError:
+            pass
+    if result is _BAD or not math.isfinite(result):
+        ctx.problem(path, f"must be a finite number, got {value!r}")
+        return _BAD
+    return _check_range(result, value, meta, path, "number", ctx)
+
+
+def _to_str(value: Any, meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
+    if not isinstance(value, str):
+        ctx.problem(path, f"must be a string, got {value!r}")
+        return _BAD
+    choices = meta.get("choices")
+    if choices is None:
+        return value
+    value = meta.get("aliases", {}).get(value, value)
+    if value not in choices:
+        also = f" (or {', '.join(repr(a) for a in meta['aliases'])})" if meta.get("aliases") else ""
+        ctx.problem(path, f"must be one of {list(choices)}{also}, got {value!r}")
+        return _BAD
+    return value
+
+
+def _to_path(value: Any, path: str, ctx: _Context) -> Any:
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        ctx.problem(path, f"must be a non-empty path, got {value!r}")
+        return _BAD
+    text = str(value)
+    unset = [a or b for a, b in _ENV_VAR.findall(text) if (a or b) not in os.environ]
+    if unset:
+        names = ", ".join(f"${name}" for name in dict.fromkeys(unset))
+        ctx.problem(path, f"environment variable {names} is not set (in {text!r})")
+        return _BAD
+    expanded = Path(os.path.expanduser(os.path.expandvars(text)))
+    return Path(os.path.normpath(ctx.base_dir / expanded))  # an absolute `expanded` replaces base_dir
+
+
+def _convert(value: Any, tp: Any, meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
+    """``value`` as type ``tp`` (checked against ``meta``), or ``_BAD`` with its problems recorded."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, meta, path, ctx)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        ctx.problem(path, f"must be true or false, got {value!r}")
+        return _BAD
+    if tp is int:
+        return _to_int(value, meta, path, ctx)
+    if tp is float:
+        return _to_float(value, meta, path, ctx)
+    if tp is str:
+        return _to_str(value, meta, path, ctx)
+    if tp is Path:
+        return _to_path(value, path, ctx)
+    if origin is tuple:
+        return _to_tuple(value, args, meta, path, ctx)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            ctx.problem(path, f"must be a mapping, got {value!r}")
+            return _BAD
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                ctx.problem(f"{path}.{key}", "keys must be strings")
+                continue
+            out[key] = _convert(item, args[1], meta, f"{path}.{key}", ctx)
+        return _BAD if any(v is _BAD for v in out.values()) or len(out) != len(value) else out
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, ctx)
+    raise TypeError(f"no converter for {tp!r} at {path}")  # a bug in the dataclasses above, not user input
+
+
+def _to_tuple(value: Any, args: tuple[Any, ...], meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
+    variadic = len(args) == 2 and args[1] is Ellipsis
+    kind = {int: "integers", float: "numbers"}.get(args[0], "values")
+    if not isinstance(value, (list, tuple)) or (not variadic and len(value) != len(args)):
+        what = f"a list of {kind}" if variadic else f"a list of {len(args)} {kind}"
+        ctx.problem(path, f"must be {what}, got {value!r}")
+        return _BAD
+    items = [_convert(v, args[0] if variadic else args[i], meta, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
+    return _BAD if any(v is _BAD for v in items) else tuple(items)
+
+
+def _build(cls: type, value: Any, path: str, ctx: _Context) -> Any:
+    """An instance of the option dataclass ``cls`` from a mapping, checked key by key, then as a whole."""
+    if not isinstance(value, Mapping):
+        ctx.problem(path, f"must be a mapping, got {value!r}")
+        return _BAD
+    before = len(ctx.problems)
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    ignored = _IGNORED_IN.get(cls, frozenset())
+    for key in value:
+        if key in ignored:
+            ctx.ignored.append(f"{path}.{key}")
+        elif key not in fields:
+            ctx.problem(f"{path}.{key}", f"unknown key (known: {', '.join(fields)})")
+    kwargs, bad = {}, []
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(value[name], hints[name], f.metadata, f"{path}.{name}", ctx)
+        elif f.default is MISSING:
+            ctx.problem(f"{path}.{name}", "missing")
+            kwargs[name] = _BAD
+        if kwargs.get(name) is _BAD:
+            bad.append(name)
+            kwargs[name] = f.default  # MISSING for required fields: no whole-block check then
+    if any(v is MISSING for v in kwargs.values()):
+        return _BAD
+    obj = cls(**kwargs)
+    check = _CHECKS.get(cls)
+    if check is not None:
+        # Check the block as a whole even when some optional fields are bad (they stand at their defaults);
+        # drop what it says about those fields, which already have their problem.
+        first_new = len(ctx.problems)
+        obj = check(obj, path, ctx)
+        prefixes = tuple(f"{path}.{name}{end}" for name in bad for end in (":", ".", "["))
+        ctx.problems[first_new:] = [p for p in ctx.problems[first_new:] if not p.startswith(prefixes)]
+    return _BAD if len(ctx.problems) > before else obj
+
+
+# ---------------------------------------------------------------------- checks of whole blocks
+def _check_dataset(d: DatasetOptions, path: str, ctx: _Context) -> DatasetOptions:
+    if d.type == "PairedImageDataset" and d.dataroot_lq is None:
+        ctx.problem(f"{path}.dataroot_lq", "missing (PairedImageDataset reads its LR images there)")
+    if d.type == "DownsampleImageDataset" and d.dataroot_lq is not None:
+        ctx.problem(f"{path}.dataroot_lq", "not used by DownsampleImageDataset (it makes the LR images); remove it")
+    try:
+        d.filename_tmpl.format("name")
+        ok = "{}" in d.filename_tmpl
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        ctx.problem(f"{path}.filename_tmpl", f"must hold one '{{}}' for the HR name, got {d.filename_tmpl!r}")
+    return d
+
+
+def _check_scheduler(s: SchedulerOptions, path: str, ctx: _Context) -> SchedulerOptions:
+    if s.type == "MultiStepLR":
+        if s.restarts not in ((), (0,)):
+            ctx.problem(f"{path}.restarts", f"restarts are not supported (only [] or [0]), got {list(s.restarts)}")
+        if s.restart_weights not in ((), (1.0,)):
+            ctx.problem(f"{path}.restart_weights",
+                        f"restarts are not supported (only [] or [1]), got {list(s.restart_weights)}")
+        s = dataclasses.replace(s, restarts=(), restart_weights=())
+        if any(b <= a for a, b in zip(s.milestones, s.milestones[1:], strict=False)):
+            ctx.problem(f"{path}.milestones", f"must be increasing, got {list(s.milestones)}")
+    if s.type == "CosineAnnealingRestartLR":
+        if not s.periods:
+            ctx.problem(f"{path}.periods", "missing (CosineAnnealingRestartLR needs the length of each cosine)")
+        if s.restart_weights and len(s.restart_weights) != len(s.periods):
+            ctx.problem(f"{path}.restart_weights", f"must have one weight per period ({len(s.periods)}), "
+                        f"got {list(s.restart_weights)}")
+        elif any(w != 1 for w in s.restart_weights):
+            ctx.problem(f"{path}.restart_weights", f"only restarts to the full learning rate (1) are supported, "
+                        f"got {list(s.restart_weights)}")
+    defaults = SchedulerOptions(type=s.type)
+    for f in dataclasses.fields(s):
+        unused = f.name != "type" and f.name not in SCHEDULER_KEYS[s.type]
+        if unused and getattr(s, f.name) != getattr(defaults, f.name):
+            ctx.problem(f"{path}.{f.name}", f"not used by {s.type}")
+    return s
+
+
+def _check_train(t: TrainOptions, path: str, ctx: _Context) -> TrainOptions:
+    warmup = max(t.warmup_iter, 0)
+    s, where = t.scheduler, f"{path}.scheduler"
+    # Warm-up, milestones and periods may reach past total_iter: a run stopped early (total_iter=k) and
+    # continued to n with --resume follows the schedule of the run to n.
+    if s.type == "MultiStepLR" and s.milestones:
+        if s.milestones[0] <= warmup:
+            ctx.problem(f"{where}.milestones", f"must lie after warmup_iter ({warmup}), got {list(s.milestones)}")
+    if s.type == "CosineAnnealingRestartLR" and s.periods and sum(s.periods) < t.total_iter - warmup:
+        ctx.problem(f"{where}.periods", f"must cover the iterations after warm-up, total_iter - warmup_iter "
+                    f"({t.total_iter - warmup}), got {list(s.periods)} (sum {sum(s.periods)})")
+    return t
+
+
+def _check_val(v: ValOptions, path: str, ctx: _Context) -> ValOptions:
+    if not v.metrics:
+        ctx.problem(f"{path}.metrics", "must name at least one metric (e.g. psnr: {type: calculate_psnr})")
+    return v
+
+
+_CHECKS: dict[type, Any] = {
+    DatasetOptions: _check_dataset,
+    SchedulerOptions: _check_scheduler,
+    TrainOptions: _check_train,
+    ValOptions: _check_val,
+}
+
+
+# ---------------------------------------------------------------------- the whole file
+def _build_network(block: Any, scale: Any, ctx: _Context) -> SSTConfig | None:
+    if not isinstance(block, Mapping):
+        ctx.problem("network_g", f"must be a mapping, got {block!r}")
+        return None
+    if block.get("type") != "SST":
+        ctx.problem("network_g.type", f"must be 'SST', got {block.get('type')!r}")
+    block = dict(block)
+    if "upscaling_factor" not in block and "scale" not in block and scale is not _BAD:
+        block["upscaling_factor"] = scale  # a network_g without a scale takes the file's
+    try:
+        return SSTConfig.from_network_g(block)
+    except ConfigError as exc:
+        ctx.problems.extend(f"network_g: {p}" for p in exc.problems)
+    except (TypeError, ValueError) as exc:
+        ctx.problem("network_g", f"invalid ({exc})")
+    return None
+
+
+def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) -> Options | None:
+    for key in data:
+        if key in _IGNORED_TOP:
+            ctx.ignored.append(str(key))
+        elif key not in _TOP_KEYS:
+            ctx.problem(str(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
+
+    def top(key: str, tp: Any, default: Any = MISSING, **meta: Any) -> Any:
+        if key not in data:
+            if default is MISSING:
+                ctx.problem(key, "missing")
+                return _BAD
+            return default
+        return _convert(data[key], tp, meta, key, ctx)
+
+    name = top("name", str)
+    if isinstance(name, str) and (not name.strip() or "/" in name or "\\" in name):
+        ctx.problem("name", f"must be a non-empty name without path separators (it names the run), got {name!r}")
+    scale = top("scale", int, gt=0)
+    manual_seed = top("manual_seed", int, 0, ge=0)
+    network = _build_network(data["network_g"], scale, ctx)
+    if network is not None and scale is not _BAD and network.scale != scale:
+        ctx.problem("scale", f"must equal network_g.upscaling_factor ({network.scale}), got {scale}")
+
+    train_data: Any = _BAD
+    val_data: dict[str, Any] = {}
+    datasets = data.get("datasets")
+    if not isinstance(datasets, Mapping):
+        ctx.problem("datasets", "missing" if datasets is None else f"must be a mapping, got {datasets!r}")
+    else:
+        for key, block in datasets.items():
+            if key == "train":
+                train_data = _build(DatasetOptions, block, "datasets.train", ctx)
+            elif isinstance(key, str) and (key == "val" or key.startswith("val_")):
+                val_data[key] = _build(DatasetOptions, block, f"datasets.{key}", ctx)
+            else:
+                ctx.problem(f"datasets.{key}", "unknown dataset key (use 'train', and 'val_1', 'val_2', ...)")
+        if "train" not in datasets:
+            ctx.problem("datasets.train", "missing")
+    if train_data is not _BAD:
+        if train_data.gt_size is None:
+            ctx.problem("datasets.train.gt_size", "missing (the HR patch size of training crops)")
+        elif scale is not _BAD and train_data.gt_size % scale:
+            ctx.problem("datasets.train.gt_size", f"must be a multiple of scale ({scale}), got {train_data.gt_size}")
+
+    train = top("train", TrainOptions)
+    val = None if data.get("val") is None else _build(ValOptions, data["val"], "val", ctx)
+    if val is not None and not val_data:
+        ctx.problem("val", "validation is set up but datasets has no val_* dataset")
+    if val is None and val_data:
+        ctx.problem(f"datasets.{next(iter(val_data))}",
+                    "a validation dataset is given but there is no val block (val_freq, metrics)")
+    logger = LoggerOptions() if data.get("logger") is None else _build(LoggerOptions, data["logger"], "logger", ctx)
+    paths = PathOptions() if data.get("path") is None else _build(PathOptions, data["path"], "path", ctx)
+
+    if ctx.problems:
+        return None
+    return Options(name=name, scale=scale, network=network, train_data=train_data, val_data=val_data, train=train,
+                   val=val, logger=logger, path=paths, manual_seed=manual_seed, source=source)
+
+
+# ---------------------------------------------------------------------- overrides
+def _plain_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def _apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    result = _plain_copy(data)
+    problems: list[str] = []
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            problems.append(f"--set {item!r}: expected KEY=VALUE (e.g. train.total_iter=1000)")
+            continue
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not key.strip() or any(not p.strip() for p in parts):
+            problems.append(f"--set {item!r}: malformed key {key!r} (dotted names, e.g. datasets.train.gt_size)")
+            continue
+        parts = [p.strip() for p in parts]
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problems.append(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})")
+            continue
+        node = result
+        for i, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            elif not isinstance(node[part], dict):
+                problems.append(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping (it holds {node[part]!r})")
+                break
+            node = node[part]
+        else:
+            node[parts[-1]] = value
+    return result, problems
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``data`` with ``KEY=VALUE`` items set (dotted key paths, values in YAML; missing mappings made)."""
+    result, problems = _apply_overrides(data, overrides)
+    if problems:
+        raise OptionsError(problems)
+    return result
+
+
+# ---------------------------------------------------------------------- entry points
+def _from_data(data: Any, source: Path | None, base_dir: Path, overrides: Sequence[str],
+               early: Sequence[str] = ()) -> Options:
+    if not isinstance(data, Mapping):
+        what = "nothing (an empty file)" if data is None else type(data).__name__
+        raise OptionsError([f"the options must be a mapping, got {what}"], source)
+    data, problems = _apply_overrides(data, overrides)
+    if data.get("network_g") is None:
+        raise OptionsError([*early, *problems, "network_g: missing (this does not look like a training option file)"],
+                           source)
+    ctx = _Context(base_dir=base_dir, problems=[*early, *problems])
+    opts = _build_options(data, ctx, source)
+    if ctx.ignored:
+        log.info("ignored BasicSR keys%s: %s", f" in {source}" if source else "", ", ".join(ctx.ignored))
+    if opts is None:
+        raise OptionsError(ctx.problems, source)
+    return opts
+
+
+def options_from_dict(data: Mapping[str, Any], *, source: str | Path | None = None, base_dir: Path | None = None,
+                      overrides: Sequence[str] = ()) -> Options:
+    """Validated :class:`Options` from an option file's contents.
+
+    Relative paths resolve against ``base_dir`` (default: the folder of ``source`` when given, else the
+    current folder). Raises :class:`OptionsError` listing every problem.
+    """
+    src = Path(source) if source is not None else None
+    if base_dir is None:
+        base_dir = src.parent if src is not None else Path.cwd()
+    return _from_data(data, src, Path(os.path.abspath(base_dir)), overrides)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that records duplicate keys (PyYAML keeps the last one silently)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = loader.construct_object(key_node)
+        if key in seen:
+            loader.duplicates.append(f"duplicate key {key!r} (line {key_node.start_mark.line + 1}); "
+                                     "only its last value would count")
+        seen.add(key)
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_options(path: str | Path, overrides: Sequence[str] = ()) -> Options:
+    """Read and validate a BasicSR-style option file, with ``--set KEY=VALUE`` overrides applied.
+
+    Raises :class:`OptionsError` naming the file and listing every problem.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionsError([f"cannot read the file ({exc})"], path) from None
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise OptionsError([f"not valid YAML: {exc}"], path) from None
+    finally:
+        loader.dispose()
+    return _from_data(data, path, Path(os.path.abspath(path.parent)), overrides, loader.duplicates)

@@ -1,0 +1,485 @@
+"""The option-file loader: the paper's BasicSR-style YAML, overrides, paths, and one report of every problem."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ribsr.config import preset
+from ribsr.train.options import (
+    DatasetOptions,
+    Options,
+    OptionsError,
+    SchedulerOptions,
+    apply_overrides,
+    load_options,
+    options_from_dict,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+NETWORKS = ("light", "light+", "base", "base+", "large", "large+", "xl+")
+LOGGER = "ribsr.train.options"
+
+
+def light_dict() -> dict:
+    """The light x2 option file as a plain dict (a fresh copy)."""
+    return yaml.safe_load((HERE / "options" / "train_SST_light_x2.yml").read_text(encoding="utf-8"))
+
+
+def parse(data: dict, **kwargs) -> Options:
+    return options_from_dict(data, base_dir=kwargs.pop("base_dir", HERE), **kwargs)
+
+
+def problems_of(data: dict, **kwargs) -> list[str]:
+    with pytest.raises(OptionsError) as info:
+        parse(data, **kwargs)
+    return info.value.problems
+
+
+def write(tmp_path: Path, data: object, name: str = "opts.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------- the paper's files
+@pytest.mark.parametrize("net", NETWORKS)
+def test_paper_option_files_parse_to_the_presets(net: str) -> None:
+    opts = load_options(HERE / "options" / f"train_SST_{net}_x2.yml")
+    expected = preset(net, 2)
+    for f in dataclasses.fields(expected):
+        if f.name != "name":
+            assert getattr(opts.network, f.name) == getattr(expected, f.name), f.name
+    assert opts.name == f"SST_{net}_x2" and opts.scale == 2 and opts.manual_seed == 0
+    t = opts.train
+    assert (t.optim_g.type, t.optim_g.lr, t.optim_g.weight_decay, t.optim_g.betas) == ("AdamW", 5e-4, 0.0, (0.9, 0.9))
+    assert t.scheduler == SchedulerOptions(type="MultiStepLR", milestones=(250000, 400000, 450000, 475000, 490000),
+                                           gamma=0.5)
+    assert (t.total_iter, t.warmup_iter, t.ema_decay) == (500000, 20000, 0.999)
+    assert (t.pixel_opt.type, t.pixel_opt.loss_weight, t.pixel_opt.reduction) == ("L1Loss", 1.0, "mean")
+    plus = net.endswith("+")
+    assert opts.train_data.type == ("DownsampleImageDataset" if plus else "PairedImageDataset")
+    assert opts.train_data.gt_size == (192 if plus else 128)
+    assert opts.train_data.batch_size_per_gpu == (16 if net.startswith("light") else 8)
+    assert opts.train_data.use_hflip and opts.train_data.use_rot
+    assert list(opts.val_data) == ["val_1"] and opts.val_data["val_1"].name == "Set5"
+    assert opts.val is not None and opts.val.val_freq == 5000
+    assert {k: (m.type, m.crop_border, m.test_y_channel) for k, m in opts.val.metrics.items()} == {
+        "psnr": ("calculate_psnr", 2, True), "ssim": ("calculate_ssim", 2, True)}
+    assert opts.logger.save_checkpoint_freq == 5000 and opts.logger.use_tb_logger
+    assert opts.path.pretrain_network_g is None and opts.path.strict_load_g
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "paper").glob("*.yml")), ids=lambda p: p.name)
+def test_shipped_paper_recipes_parse(path: Path) -> None:
+    opts = load_options(path)
+    kind, net, scale = path.stem.split("_")[0], path.stem.split("_")[2], int(path.stem[-1])
+    assert opts.name == f"SST_{net}_x{scale}" and opts.scale == scale
+    assert opts.network == preset(net, scale)
+    assert opts.train_data.dataroot_gt.is_relative_to(REPO / "datasets")
+    assert opts.train_data.gt_size % scale == 0
+    for m in opts.val.metrics.values():
+        assert m.crop_border == scale
+    if kind == "finetune":
+        assert (opts.train.optim_g.lr, opts.train.total_iter) == (2.5e-4, 250000)
+        assert opts.train.scheduler.milestones == (125000, 200000, 225000, 240000)
+        assert opts.path.pretrain_network_g == REPO / "runs" / f"SST_{net}_x2" / "export" / f"SST_{net}_x2.pth"
+        if scale == 3:
+            assert opts.train_data.gt_size == 288
+        assert any(p.startswith("path.pretrain_network_g: not found") for p in opts.missing_files())
+    else:
+        assert kind == "train" and scale == 2 and opts.path.pretrain_network_g is None
+    assert options_from_dict(opts.raw) == opts
+
+
+def test_every_network_has_its_shipped_recipes() -> None:
+    names = {p.name for p in (REPO / "configs" / "paper").glob("*.yml")}
+    for net in NETWORKS:
+        assert f"train_SST_{net}_x2.yml" in names
+        assert {f"finetune_SST_{net}_x3.yml", f"finetune_SST_{net}_x4.yml"} <= names
+
+
+# ---------------------------------------------------------------------- every problem at once
+def test_every_problem_of_a_broken_file_is_reported_at_once(tmp_path: Path) -> None:
+    data = light_dict()
+    data["scale"] = 3  # != network_g.upscaling_factor; gt_size 128 is not a multiple of 3
+    data["colour"] = "rgb"  # unknown top-level key
+    data["network_g"]["dim"] = -4
+    data["datasets"]["train"]["gt_size"] = 128
+    del data["datasets"]["train"]["dataroot_lq"]  # PairedImageDataset needs it
+    data["datasets"]["train"]["use_hflip"] = "yes please"
+    data["train"]["optim_g"]["lr"] = -1
+    data["train"]["ema_decay"] = 1.5
+    data["train"]["scheduler"]["milestones"] = [400000, 250000]
+    data["train"]["pixel_opt"]["type"] = "L3Loss"
+    data["val"]["metrics"]["psnr"]["crop_border"] = "two"
+    del data["logger"]["print_freq"]
+    data["logger"]["print_frequency"] = 10
+    path = write(tmp_path, data)
+    with pytest.raises(OptionsError) as info:
+        load_options(path)
+    problems, message = info.value.problems, str(info.value)
+    expected = [
+        "colour: unknown key",
+        "network_g: dim must be a positive integer, got -4",
+        "datasets.train.dataroot_lq: missing",
+        "datasets.train.use_hflip: must be true or false, got 'yes please'",
+        "train.optim_g.lr: must be a positive number, got -1",
+        "train.ema_decay: must be a number >= 0 and < 1, got 1.5",
+        "train.scheduler.milestones: must be increasing, got [400000, 250000]",
+        "train.pixel_opt.type: must be one of ['L1Loss', 'MSELoss', 'CharbonnierLoss'], got 'L3Loss'",
+        "val.metrics.psnr.crop_border: must be an integer, got 'two'",
+        "logger.print_frequency: unknown key",
+    ]
+    for text in expected:
+        assert any(p.startswith(text) for p in problems), (text, problems)
+        assert text in message
+    assert str(path) in message
+    assert len(problems) >= len(expected)
+
+
+def test_cross_checks(tmp_path: Path) -> None:
+    data = light_dict()
+    data["scale"] = 3
+    data["network_g"]["upscaling_factor"] = 3
+    problems = problems_of(data)
+    assert "datasets.train.gt_size: must be a multiple of scale (3), got 128" in problems
+
+    data = light_dict()
+    data["scale"] = 4
+    problems = problems_of(data)
+    assert "scale: must equal network_g.upscaling_factor (2), got 4" in problems
+
+    data = light_dict()
+    data["network_g"]["type"] = "SwinIR"
+    del data["datasets"]["train"]["gt_size"]
+    data["train"]["warmup_iter"] = 500000
+    problems = problems_of(data)
+    assert "network_g.type: must be 'SST', got 'SwinIR'" in problems
+    assert "datasets.train.gt_size: missing (the HR patch size of training crops)" in problems
+    assert any(p.startswith("train.scheduler.milestones: must lie after warmup_iter (500000)") for p in problems)
+
+    data = light_dict()
+    data["train"]["scheduler"]["milestones"] = [10000, 600000]  # past total_iter is allowed (runs stopped early)
+    assert problems_of(data) == ["train.scheduler.milestones: must lie after warmup_iter (20000), got [10000, 600000]"]
+
+
+def test_validation_block_and_datasets_go_together() -> None:
+    data = light_dict()
+    del data["datasets"]["val_1"]
+    assert problems_of(data) == ["val: validation is set up but datasets has no val_* dataset"]
+    data = light_dict()
+    del data["val"]
+    assert problems_of(data) == ["datasets.val_1: a validation dataset is given but there is no val block "
+                                 "(val_freq, metrics)"]
+    data = light_dict()
+    data["datasets"]["test_1"] = data["datasets"]["val_1"]
+    assert problems_of(data) == ["datasets.test_1: unknown dataset key (use 'train', and 'val_1', 'val_2', ...)"]
+
+
+def test_val_datasets_keep_file_order() -> None:
+    data = light_dict()
+    set14 = copy.deepcopy(data["datasets"]["val_1"])
+    set14["name"] = "Set14"
+    data["datasets"] = {"val_2": set14, "train": data["datasets"]["train"], "val_1": data["datasets"]["val_1"]}
+    opts = parse(data)
+    assert list(opts.val_data) == ["val_2", "val_1"] and opts.val_data["val_2"].name == "Set14"
+
+
+def test_schedulers() -> None:
+    data = light_dict()
+    data["train"]["scheduler"] = {"type": "MultiStepRestartLR", "milestones": [250000], "gamma": 0.5,
+                                  "restarts": [0], "restart_weights": [1]}
+    s = parse(data).train.scheduler
+    assert (s.type, s.milestones, s.restarts, s.restart_weights) == ("MultiStepLR", (250000,), (), ())
+
+    data["train"]["scheduler"]["restarts"] = [250000]
+    assert problems_of(data) == ["train.scheduler.restarts: restarts are not supported (only [] or [0]), "
+                                 "got [250000]"]
+
+    data["train"]["scheduler"] = {"type": "CosineAnnealingRestartLR", "periods": [240000, 240000],
+                                  "restart_weights": [1, 1], "eta_min": "1e-7"}
+    s = parse(data).train.scheduler
+    assert (s.periods, s.restart_weights, s.eta_min) == ((240000, 240000), (1.0, 1.0), 1e-7)
+    assert parse(data).raw["train"]["scheduler"] == {"type": "CosineAnnealingRestartLR", "periods": [240000, 240000],
+                                                      "restart_weights": [1.0, 1.0], "eta_min": 1e-7}
+
+    data["train"]["scheduler"].update(periods=[250000, 250000], restart_weights=[1], milestones=[1000])
+    problems = problems_of(data)
+    assert "train.scheduler.restart_weights: must have one weight per period (2), got [1.0]" in problems
+    assert "train.scheduler.milestones: not used by CosineAnnealingRestartLR" in problems
+    data["train"]["scheduler"].update(restart_weights=[1, 1], periods=[200000, 200000])
+    del data["train"]["scheduler"]["milestones"]
+    assert problems_of(data) == ["train.scheduler.periods: must cover the iterations after warm-up, "
+                                 "total_iter - warmup_iter (480000), got [200000, 200000] (sum 400000)"]
+
+    data["train"]["scheduler"] = {"type": "CosineAnnealingLR"}
+    assert parse(data).train.scheduler.T_max is None
+    data["train"]["scheduler"] = {"type": "CosineAnnealingLR", "T_max": 0}
+    assert problems_of(data) == ["train.scheduler.T_max: must be a positive integer, got 0"]
+
+
+def test_aliases_and_defaults() -> None:
+    data = light_dict()
+    data["val"]["metrics"] = {"psnr": {"type": "psnr"}, "ssim": {"type": "ssim", "crop_border": 2}}
+    del data["logger"]
+    del data["path"]
+    del data["manual_seed"]
+    opts = parse(data)
+    assert opts.val.metrics["psnr"].type == "calculate_psnr" and opts.val.metrics["ssim"].type == "calculate_ssim"
+    assert opts.val.metrics["psnr"].crop_border == 0 and opts.val.metrics["psnr"].better == "higher"
+    assert opts.logger.keep_checkpoints == 3 and opts.path.param_key_g == "params" and opts.manual_seed == 0
+    assert opts.train.grad_clip_norm is None and opts.train.max_nonfinite_steps == 5
+
+
+# ---------------------------------------------------------------------- numbers as BasicSR writes them
+def test_numbers_written_as_strings_or_floats(tmp_path: Path) -> None:
+    data = light_dict()
+    assert data["train"]["optim_g"]["lr"] == 5e-4  # `!!float 5e-4` in the file
+    data["train"]["optim_g"]["lr"] = "5e-4"  # what PyYAML makes of a bare 5e-4
+    data["train"]["total_iter"] = "5e5"
+    data["val"]["val_freq"] = 5000.0
+    data["train"]["optim_g"]["betas"] = ["0.9", 0.99]
+    opts = parse(data)
+    assert opts.train.optim_g.lr == 5e-4 and isinstance(opts.train.optim_g.lr, float)
+    assert opts.train.total_iter == 500000 and isinstance(opts.train.total_iter, int)
+    assert opts.val.val_freq == 5000 and isinstance(opts.val.val_freq, int)
+    assert opts.train.optim_g.betas == (0.9, 0.99)
+
+    path = tmp_path / "bare.yml"
+    text = (HERE / "options" / "train_SST_light_x2.yml").read_text(encoding="utf-8")
+    path.write_text(text.replace("!!float 5e-4", "5e-4"), encoding="utf-8")
+    assert load_options(path).train.optim_g.lr == 5e-4
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("lr", True, "must be a finite number, got True"),
+    ("lr", "fast", "must be a finite number, got 'fast'"),
+    ("lr", ".inf", "must be a finite number, got '.inf'"),
+    ("weight_decay", -0.1, "must be a non-negative number, got -0.1"),
+    ("betas", [0.9], "must be a list of 2 numbers, got [0.9]"),
+])
+def test_bad_numbers(key: str, value: object, message: str) -> None:
+    data = light_dict()
+    data["train"]["optim_g"][key] = value
+    assert problems_of(data) == [f"train.optim_g.{key}: {message}"]
+
+
+def test_bad_integers() -> None:
+    data = light_dict()
+    data["train"]["total_iter"] = 1000.5
+    data["datasets"]["train"]["batch_size_per_gpu"] = True
+    data["datasets"]["train"]["num_worker_per_gpu"] = -1
+    data["train"]["scheduler"]["milestones"] = [250000, "x"]
+    assert sorted(problems_of(data)) == sorted([
+        "train.total_iter: must be an integer, got 1000.5",
+        "datasets.train.batch_size_per_gpu: must be an integer, got True",
+        "datasets.train.num_worker_per_gpu: must be a non-negative integer, got -1",
+        "train.scheduler.milestones[1]: must be an integer, got 'x'",
+    ])
+
+
+# ---------------------------------------------------------------------- --set overrides
+def test_overrides_set_numbers_lists_booleans_and_new_keys() -> None:
+    data = light_dict()
+    out = apply_overrides(data, [
+        "train.total_iter=1000", "datasets.train.gt_size=96", "train.scheduler.milestones=[500, 800]",
+        "datasets.train.use_rot=false", "train.grad_clip_norm=0.5", "logger.keep_checkpoints=1",
+        "val.tile = 256", "name=quick run",
+    ])
+    assert data["train"]["total_iter"] == 500000  # the input is left alone
+    assert out["train"]["total_iter"] == 1000 and out["datasets"]["train"]["gt_size"] == 96
+    assert out["train"]["scheduler"]["milestones"] == [500, 800]
+    assert out["datasets"]["train"]["use_rot"] is False and out["train"]["grad_clip_norm"] == 0.5
+    assert out["val"]["tile"] == 256 and out["name"] == "quick run"
+
+    opts = parse(light_dict(), overrides=["train.total_iter=1000", "train.warmup_iter=-1",
+                                          "train.scheduler.milestones=[500, 800]", "train.ema_decay=0",
+                                          "datasets.train.use_rot=false", "train.optim_g.lr=1e-3"])
+    assert (opts.train.total_iter, opts.train.warmup_iter, opts.train.ema_decay) == (1000, -1, 0.0)
+    assert opts.train.scheduler.milestones == (500, 800) and opts.train.optim_g.lr == 1e-3
+    assert opts.train_data.use_rot is False
+    assert opts.raw["train"]["total_iter"] == 1000
+
+
+def test_overrides_create_missing_mappings() -> None:
+    data = light_dict()
+    del data["path"]
+    data["val"]["metrics"] = None
+    out = apply_overrides(data, ["path.strict_load_g=false", "a.b.c=1", "val.metrics.psnr.type=psnr"])
+    assert out["path"] == {"strict_load_g": False} and out["a"] == {"b": {"c": 1}}
+    assert out["val"]["metrics"] == {"psnr": {"type": "psnr"}}
+    opts = parse(data, overrides=["path.strict_load_g=false", "val.metrics.psnr.type=psnr"])
+    assert opts.path.strict_load_g is False and list(opts.val.metrics) == ["psnr"]
+
+
+def test_malformed_overrides_are_all_reported() -> None:
+    with pytest.raises(OptionsError) as info:
+        apply_overrides(light_dict(), ["train.total_iter", "=5", "train..lr=1", "name.x=1", "scale=[1", "ok=1"])
+    assert info.value.problems == [
+        "--set 'train.total_iter': expected KEY=VALUE (e.g. train.total_iter=1000)",
+        "--set '=5': malformed key '' (dotted names, e.g. datasets.train.gt_size)",
+        "--set 'train..lr=1': malformed key 'train..lr' (dotted names, e.g. datasets.train.gt_size)",
+        "--set 'name.x=1': name is not a mapping (it holds 'SST_light_x2')",
+        info.value.problems[4],
+    ]
+    assert info.value.problems[4].startswith("--set 'scale=[1': the value is not valid YAML")
+
+
+def test_override_problems_join_the_file_problems(tmp_path: Path) -> None:
+    path = write(tmp_path, light_dict())
+    with pytest.raises(OptionsError) as info:
+        load_options(path, ["train.total_iter=-5", "scale.x=1"])
+    assert info.value.problems == ["--set 'scale.x=1': scale is not a mapping (it holds 2)",
+                                   "train.total_iter: must be a positive integer, got -5"]
+
+
+# ---------------------------------------------------------------------- paths
+def test_relative_paths_resolve_against_the_option_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RIBSR_TEST_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(REPO)
+    data = light_dict()
+    data["datasets"]["train"]["dataroot_gt"] = "$RIBSR_TEST_DATA/DF2K/HR"
+    data["datasets"]["train"]["dataroot_lq"] = "${RIBSR_TEST_DATA}/DF2K/../DF2K/LR"
+    data["datasets"]["train"]["meta_info_file"] = "~/meta.txt"
+    data["datasets"]["val_1"]["dataroot_gt"] = "../sets/Set5/HR"
+    (tmp_path / "conf").mkdir()
+    opts = load_options(write(tmp_path / "conf", data))
+    assert opts.train_data.dataroot_gt == tmp_path / "data" / "DF2K" / "HR"
+    assert opts.train_data.dataroot_lq == tmp_path / "data" / "DF2K" / "LR"
+    assert opts.train_data.meta_info_file == tmp_path / "home" / "meta.txt"
+    assert opts.val_data["val_1"].dataroot_gt == tmp_path / "sets" / "Set5" / "HR"
+    assert opts.val_data["val_1"].dataroot_lq == tmp_path / "conf" / "datasets" / "Set5" / "LR_bicubic" / "X2"
+    # a dict without a source or base_dir resolves against the current folder
+    assert options_from_dict(light_dict()).train_data.dataroot_gt == REPO / "datasets" / "DF2K" / "HR"
+
+
+def test_unset_environment_variables_are_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RIBSR_UNSET_A", raising=False)
+    data = light_dict()
+    data["datasets"]["train"]["dataroot_gt"] = "$RIBSR_UNSET_A/HR"
+    data["path"]["pretrain_network_g"] = ""
+    assert problems_of(data) == [
+        "datasets.train.dataroot_gt: environment variable $RIBSR_UNSET_A is not set (in '$RIBSR_UNSET_A/HR')",
+        "path.pretrain_network_g: must be a non-empty path, got ''",
+    ]
+
+
+def test_missing_files_are_listed_not_raised(tmp_path: Path) -> None:
+    data = light_dict()
+    data["path"]["pretrain_network_g"] = "weights/x2.pth"
+    data["path"]["resume_state"] = "state"
+    opts = parse(data, base_dir=tmp_path)  # nothing exists yet: parsing still succeeds
+    missing = opts.missing_files()
+    assert f"path.pretrain_network_g: not found: {tmp_path / 'weights' / 'x2.pth'}" in missing
+    assert f"datasets.train.dataroot_gt: not found: {tmp_path / 'datasets' / 'DF2K' / 'HR'}" in missing
+    assert len(missing) == 6  # two folders per dataset, the weights, the state
+    with pytest.raises(OptionsError) as info:
+        opts.check_files()
+    assert info.value.problems == missing
+
+    for folder in ("datasets/DF2K/HR", "datasets/DF2K/LR_bicubic/X2", "datasets/Set5/HR",
+                   "datasets/Set5/LR_bicubic/X2", "weights", "state"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "weights" / "x2.pth").write_bytes(b"")
+    assert opts.missing_files() == [f"path.resume_state: not a file: {tmp_path / 'state'}"]
+
+
+# ---------------------------------------------------------------------- BasicSR keys and files
+def test_basicsr_keys_are_named_in_one_notice(caplog: pytest.LogCaptureFixture) -> None:
+    data = light_dict()
+    data.update(is_train=True, dist=False, auto_resume=True)
+    data["datasets"]["val_1"]["phase"] = "val"
+    data["path"]["experiments_root"] = "experiments/x"
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        parse(data)
+    notices = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert len(notices) == 1
+    assert notices[0] == ("ignored BasicSR keys: model_type, num_gpu, dist_params, is_train, dist, auto_resume, "
+                          "datasets.train.prefetch_mode, datasets.val_1.phase, logger.wandb, path.experiments_root")
+
+
+def test_unknown_keys_in_blocks_are_problems() -> None:
+    data = light_dict()
+    data["datasets"]["train"]["cuda"] = True
+    data["train"]["optim_g"]["momentum"] = 0.9
+    data["path"]["strict_load"] = False
+    problems = problems_of(data)
+    assert [p.split(" (known")[0] for p in problems] == [
+        "datasets.train.cuda: unknown key", "train.optim_g.momentum: unknown key", "path.strict_load: unknown key"]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("- a\n- b\n", "the options must be a mapping, got list"),
+    ("", "the options must be a mapping, got nothing (an empty file)"),
+    ("name: x\nscale: 2\n", "network_g: missing (this does not look like a training option file)"),
+    ("name: [unclosed\n", "not valid YAML"),
+])
+def test_files_that_are_not_option_files(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(OptionsError) as info:
+        load_options(path)
+    assert info.value.problems[0].startswith(problem)
+    assert str(path) in str(info.value) and info.value.source == str(path)
+
+
+def test_missing_file_and_duplicate_keys(tmp_path: Path) -> None:
+    with pytest.raises(OptionsError, match="cannot read the file"):
+        load_options(tmp_path / "absent.yml")
+    text = (HERE / "options" / "train_SST_light_x2.yml").read_text(encoding="utf-8")
+    path = tmp_path / "dup.yml"
+    path.write_text(text.replace("  total_iter: 500000\n", "  total_iter: 500000\n  total_iter: 500000\n"),
+                    encoding="utf-8")
+    with pytest.raises(OptionsError) as info:
+        load_options(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("duplicate key 'total_iter' (line ")
+
+
+def test_network_problems_are_prefixed() -> None:
+    data = light_dict()
+    data["network_g"]["num_heads"] = [5] * 6
+    data["network_g"]["upsampler_type"] = "deconv"
+    data["network_g"]["depth"] = 3
+    problems = problems_of(data)
+    assert problems == ["network_g: unknown network_g key 'depth'"]  # SSTConfig stops at unknown keys
+    del data["network_g"]["depth"]
+    problems = problems_of(data)
+    assert "network_g: dim 48 is not divisible by num_heads [5]" in problems
+    assert any(p.startswith("network_g: upsampler (upsampler_type) must be one of") for p in problems)
+
+
+def test_network_without_scale_takes_the_files() -> None:
+    data = light_dict()
+    del data["network_g"]["upscaling_factor"]
+    data["scale"] = 4
+    assert parse(data).network == preset("light", 4)
+
+
+# ---------------------------------------------------------------------- raw
+def test_raw_round_trips_and_is_plain_data(tmp_path: Path) -> None:
+    opts = load_options(HERE / "options" / "train_SST_base+_x2.yml", ["train.grad_clip_norm=1"])
+    assert options_from_dict(opts.raw) == opts
+    text = yaml.safe_dump(opts.raw, sort_keys=False)  # plain types only
+    assert load_options(write(tmp_path, yaml.safe_load(text), "again.yml")) == opts
+    assert opts.raw["network_g"]["type"] == "SST" and opts.raw["train"]["grad_clip_norm"] == 1.0
+    assert opts.raw["datasets"]["train"]["dataroot_gt"] == str(HERE / "options" / "datasets" / "SR_mix" / "HR")
+    assert "num_gpu" not in opts.raw
+    assert opts.raw == opts.to_dict()
+
+
+def test_options_are_frozen() -> None:
+    opts = parse(light_dict())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.scale = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.train_data.gt_size = 64  # type: ignore[misc]
+    assert isinstance(opts.train_data, DatasetOptions)

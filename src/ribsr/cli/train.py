@@ -1,0 +1,72 @@
+"""``ribsr train``: train an SST from a BasicSR-style option file (alone, or under torchrun for DDP)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """\
+The option file is the paper's (BasicSR layout): name, scale, manual_seed, network_g, datasets.train and
+datasets.val_*, train, val, logger, path. Relative data paths resolve against the option file's folder.
+Every problem in the file is reported at once, before any work starts.
+
+Several processes: torchrun --nproc_per_node N -m ribsr train OPTIONS.yml (DDP: nccl on CUDA, gloo on
+CPU; batch_size_per_gpu is per process). SIGINT/SIGTERM finish the current step, save a checkpoint and
+exit with 128 + the signal number; --resume auto continues from the newest readable checkpoint.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train an SST from a BasicSR-style option file",
+        description="Train an SST network from the paper's BasicSR-style option file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("options", type=Path, help="the option file (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an option by dotted path, value in YAML (e.g. train.total_iter=1000); repeatable")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="where logs and checkpoints go (default: runs/NAME under the current folder)")
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue from the newest readable checkpoint of the run directory (auto) or a checkpoint")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the log file is kept)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ribsr.train.loop import Trainer, TrainingError, TrainingInterrupted, setup_distributed
+    from ribsr.train.options import load_options
+
+    opts = load_options(args.options, args.overrides)
+    dist_info = setup_distributed(args.device)
+    run_dir = args.run_dir if args.run_dir is not None else Path("runs") / opts.name
+    try:
+        trainer = Trainer(opts, run_dir, dist_info=dist_info, resume=args.resume,
+                          progress=not args.no_progress and sys.stderr.isatty())
+        result = trainer.fit()
+    except TrainingInterrupted as exc:
+        if dist_info.is_main:
+            print(f"ribsr train: {exc}; continue with --resume auto", file=sys.stderr)
+        return 128 + int(exc.signum)
+    except TrainingError as exc:
+        print(f"ribsr train: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _leave_group()
+    if dist_info.is_main:
+        best = ", ".join(f"{k} {v['value']:.4f} (iteration {v['iteration']})" for k, v in result.best.items())
+        print(f"trained {opts.name} to iteration {result.iteration} in {run_dir}"
+              + (f"; best {best}" if best else "") + (f"; checkpoint {result.checkpoint}" if result.checkpoint else ""))
+    return 0
+
+
+def _leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+

@@ -393,7 +393,8 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ the loop
-    def _batches(self) -> Iterator[dict[str, Any]]:
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """This process's batches from the current iteration on (``lq``, ``gt``: (B, 3, h, w) tensors)."""
         d = self.opts.train_data
         loader = train_data.build_dataloader(
             self.train_set, d.batch_size_per_gpu, rank=self.dist.rank, world_size=self.dist.world_size,
@@ -427,9 +428,9 @@ class Trainer:
         window_loss, window_n, window_iters, window_t0 = 0.0, 0, 0, time.perf_counter()
         self.model.train()
         with _StopSignals() as stop:
-            for batch in self._batches():
+            for batch in self.batches():
                 it = self.iteration + 1
-                loss_value, finite, stop_now = self._step(batch, stop.received is not None)
+                loss_value, finite, stop_now = self.step(batch, stop.received is not None)
                 self.iteration = it
                 window_iters += 1
                 if finite:
@@ -456,7 +457,7 @@ class Trainer:
             self._tb.close()
         return TrainResult(self.iteration, last_saved, self.best, self.skipped_steps)
 
-    def _step(self, batch: dict[str, Any], stop_requested: bool) -> tuple[float, bool, bool]:
+    def step(self, batch: dict[str, Any], stop_requested: bool = False) -> tuple[float, bool, bool]:
         """One optimisation step; returns (mean loss over processes, whether it was finite, stop now)."""
         lq = batch["lq"].to(self.device, non_blocking=True)
         gt = batch["gt"].to(self.device, non_blocking=True)

@@ -17,7 +17,7 @@ import yaml
 
 import ribsr
 from ribsr.train.export import export_run
-from ribsr.train.loop import Trainer, TrainingError, build_optimizer, build_scheduler
+from ribsr.train.loop import Distributed, Trainer, TrainingError, build_optimizer, build_scheduler
 from ribsr.train.options import options_from_dict
 from ribsr.train.state import list_checkpoints
 
@@ -246,3 +246,31 @@ def test_finetuning_x3_from_x2_resizes_the_upsampler(datasets_dir, tmp_path, one
     x2 = torch.load(pth, weights_only=True)["params_ema"]
     assert torch.equal(trainer.model.state_dict()["proj.weight"], x2["proj.weight"])
     assert trainer.model.state_dict()["upsampler.up_conv.weight"].shape[0] == 27
+
+
+def test_pretrained_weights_by_param_key(datasets_dir, tmp_path, one_thread):
+    train(tiny_options(datasets_dir, total_iter=4), tmp_path / "x2")
+    _, pth = export_run(tmp_path / "x2")
+    saved = torch.load(pth, weights_only=True)
+    for key in ("params", "params_ema"):
+        opts = tiny_options(datasets_dir)
+        opts["path"] = {"pretrain_network_g": str(pth), "param_key_g": key}
+        trainer = Trainer(options_from_dict(opts), tmp_path / key, progress=False)
+        assert states_equal(trainer.model.state_dict(), saved[key])
+    opts["path"]["param_key_g"] = "net_g"
+    with pytest.raises(ribsr.CheckpointError, match=r"no 'net_g' entry .*\['params', 'params_ema'\]"):
+        Trainer(options_from_dict(opts), tmp_path / "bad", progress=False)
+
+
+@pytest.mark.cuda
+def test_cuda_training_with_bfloat16_autocast(datasets_dir, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    opts = with_validation(tiny_options(datasets_dir, total_iter=6), datasets_dir, val_freq=6)
+    trainer = Trainer(options_from_dict(opts), tmp_path / "run", dist_info=Distributed(device=torch.device("cuda")),
+                      progress=False)
+    trainer.fit()
+    losses = [m["loss"] for m in read_metrics(tmp_path / "run") if "loss" in m]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert trainer.best["Set5/psnr"]["value"] > 10
+    assert next(trainer.model.parameters()).dtype == torch.float32  # autocast, not a bfloat16 model

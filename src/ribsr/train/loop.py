@@ -186,19 +186,13 @@ def load_pretrained(model: SST, path: Path, param_key: str = "params", strict: b
     """Load ``path.pretrain_network_g`` into ``model``: the ``param_key`` entry of a ``.pth`` (else
     ``params_ema``/``params`` as available), or our ``.safetensors``; an upsampler trained for another
     scale is resized to the model's (fine-tuning x3/x4 from x2)."""
-    if path.suffix == ".safetensors":
-        state, _ = read_checkpoint(path)
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({exc})") from None
-        if isinstance(obj, dict) and isinstance(obj.get(param_key), dict):
-            obj = obj[param_key]
-        else:
-            state_from_file, _ = read_checkpoint(path)
-            obj = state_from_file
-        state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    state, _ = read_checkpoint(path)  # checks the file; a bare state dict is used as it is
+    if path.suffix != ".safetensors":
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj.get(param_key), dict):
+            state = {k.removeprefix("module."): v for k, v in obj[param_key].items() if isinstance(v, torch.Tensor)}
+        elif "params" in obj or "params_ema" in obj:
+            raise CheckpointError(f"{path}: no {param_key!r} entry (path.param_key_g); it holds {sorted(obj)}")
     cfg = model.config
     src_scale = checkpoint_scale(state, cfg.upsampler)
     if src_scale is not None and src_scale != cfg.scale:
@@ -276,9 +270,7 @@ class Trainer:
         self.dist = dist_info or Distributed()
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
-        missing = opts.missing_files() if hasattr(opts, "missing_files") else []
-        if missing:
-            raise OptionsError(missing, str(opts.source) if opts.source else None)
+        opts.check_files()
 
         torch.manual_seed(opts.manual_seed)
         self.model = SST(opts.network, attention="auto").to(self.device)

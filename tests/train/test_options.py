@@ -98,6 +98,21 @@ def test_shipped_paper_recipes_parse(path: Path) -> None:
     assert options_from_dict(opts.raw) == opts
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "local").glob("*.yml")), ids=lambda p: p.name)
+def test_shipped_cpu_recipes_parse_and_find_their_data(path: Path) -> None:
+    opts = load_options(path)
+    scale = int(path.stem[-1])
+    assert opts.name == f"SST_small_x{scale}" and opts.scale == opts.network.scale == scale
+    shared_datasets = (REPO.parent / "shared" / "datasets").resolve()  # the recipes' default data root
+    assert opts.train_data.dataroot_gt == shared_datasets
+    assert opts.train_data.gt_size == 48 * scale
+    assert [d.name for d in opts.val_data.values()] == ["Set5", "Set14"]
+    if shared_datasets.is_dir():
+        assert opts.missing_files() == []
+    if scale != 2:  # fine-tuned from the bundled x2 model
+        assert opts.path.pretrain_network_g == REPO / "src" / "ribsr" / "assets" / "ribsr-default-x2.safetensors"
+
+
 def test_every_network_has_its_shipped_recipes() -> None:
     names = {p.name for p in (REPO / "configs" / "paper").glob("*.yml")}
     for net in NETWORKS:

@@ -1,40 +1,48 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from ribsr.config import PRESETS, ConfigError, SSTConfig, preset, resolve_config
 
+SIZES = dict(dim=24, window_sizes=(8, 16), num_heads=(3, 3), ranks=(4, 8), n_blocks=1)
 
-def test_presets_are_valid_for_every_scale():
+
+def test_presets_cycle_window_sizes_at_every_scale():
     for name in PRESETS:
         for scale in (2, 3, 4):
             cfg = preset(name, scale=scale)
-            assert cfg.scale == scale and cfg.name == name
+            assert (cfg.scale, cfg.name) == (scale, name)
             assert not cfg.shifted  # all released models cycle window sizes
 
 
-def test_plus_spelling_is_accepted():
-    assert preset("large_plus") == preset("large+")
-
-
-def test_unknown_preset_names_the_choices():
-    with pytest.raises(ValueError, match="unknown preset 'huge'.*light"):
+def test_unknown_preset_names_every_choice():
+    with pytest.raises(ValueError, match="unknown preset 'huge'") as info:
         preset("huge")
+    assert all(repr(name) in str(info.value) for name in PRESETS)
 
 
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ConfigError) as info:
-        SSTConfig(dim=50, num_heads=(3, 3), window_sizes=(8, 0), ranks=(4,), scale=5, upsampler="deconv")
-    text = str(info.value)
+        SSTConfig(dim=48, num_heads=(3, 3), window_sizes=(8, 0), ranks=(4,), n_blocks=0, scale=5, upsampler="deconv")
     problems = info.value.problems
-    assert len(problems) >= 4, problems
-    assert "scale" in text and "'deconv'" in text and "window_sizes" in text
+    assert len(problems) == 5, problems  # n_blocks, scale, upsampler, window_sizes, the lengths
+    text = str(info.value)
+    assert "n_blocks" in text and "scale" in text and "'deconv'" in text and "[8, 0]" in text and "lengths" in text
 
 
 def test_heads_must_divide_dim():
     with pytest.raises(ConfigError, match=r"dim 50 is not divisible by num_heads \[3\]"):
-        SSTConfig(dim=50)
+        SSTConfig(**{**SIZES, "dim": 50})
+
+
+def test_size_fields_have_no_defaults():
+    with pytest.raises(ConfigError) as info:
+        SSTConfig.from_dict({"dim": 24, "colour": "red"}, source="cfg.json")
+    assert "cfg.json" in str(info.value)
+    assert sorted(info.value.problems) == [
+        "missing field 'n_blocks'", "missing field 'num_heads'", "missing field 'ranks'",
+        "missing field 'window_sizes'", "unknown field 'colour'",
+    ]
 
 
 def test_network_g_round_trip():
@@ -66,23 +74,7 @@ def test_json_round_trip():
     assert SSTConfig.from_json(cfg.to_json()) == cfg
 
 
-def test_yaml_option_file(tmp_path):
-    opt = {"name": "train_SST_light_x2", "network_g": preset("light").to_network_g()}
-    path = tmp_path / "opt.yml"
-    path.write_text(yaml.safe_dump(opt))
-    assert resolve_config(path) == preset("light")
-
-
-def test_yaml_errors_name_the_file(tmp_path):
-    path = tmp_path / "bad.yml"
-    path.write_text("network_g:\n  type: SST\n  dim: -1\n  window_sizes: [8]\n  num_heads: [1]\n  n_blocks: 1\n")
-    with pytest.raises(ConfigError, match="bad.yml"):
-        resolve_config(path)
-    with pytest.raises(FileNotFoundError, match="missing.yml"):
-        resolve_config(tmp_path / "missing.yml")
-
-
-def test_resolve_preset_with_scale():
+def test_resolve_config_is_still_importable_from_config():
     assert resolve_config("light+", scale=3) == preset("light+", scale=3)
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from conftest import REPO
+from ribsr.build import build_sst
 from ribsr.checkpoint import load_model
 from ribsr.config import ATTN_TYPES, SSTConfig
-from ribsr.model import SST
 from ribsr.model.attention import attend_bias, attend_concat, attend_reference
 from ribsr.model.positional import RIB
 
@@ -73,7 +73,7 @@ def test_rib_runs_on_the_flash_kernel(dtype):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.profiler import ProfilerActivity, profile
 
-    model = SST(SSTConfig(dim=64, window_sizes=(16, 32), num_heads=(2, 2), ranks=(16, 32), n_blocks=1))
+    model = build_sst(SSTConfig(dim=64, window_sizes=(16, 32), num_heads=(2, 2), ranks=(16, 32), n_blocks=1))
     model = model.to("cuda", dtype).eval()
     x = torch.rand(1, 3, 64, 64, device="cuda", dtype=dtype)
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -101,7 +101,7 @@ def test_paths_agree_in_float32_on_cuda(no_tf32):
 @pytest.mark.parametrize("attn_type", ATTN_TYPES)
 def test_every_scheme_trains_in_bfloat16(attn_type):
     config = SSTConfig(dim=32, window_sizes=(8, 16), num_heads=(2, 2), ranks=(8, 8), n_blocks=1, attn_type=attn_type)
-    model = SST(config).to("cuda", torch.bfloat16).train()
+    model = build_sst(config).to("cuda", torch.bfloat16).train()
     x = torch.rand(2, 3, 32, 32, device="cuda", dtype=torch.bfloat16)
     loss = model(x).float().abs().mean()
     loss.backward()

@@ -1,19 +1,21 @@
-"""Building models, and reading and writing checkpoints (the paper's ``.pth`` files and our ``.safetensors``)."""
+"""Reading and writing checkpoints (the paper's ``.pth`` files and our ``.safetensors``)."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ribsr.config import PRESETS, SSTConfig, preset, resolve_config
+from ribsr.assets import DEFAULT_MODEL, default_model_path
+from ribsr.build import ConfigSpec, build_model, build_sst, resolve_config
+from ribsr.config import PRESETS, SSTConfig, preset
 from ribsr.model import SST
 
 log = logging.getLogger(__name__)
@@ -24,25 +26,6 @@ StateDict = dict[str, torch.Tensor]
 
 class CheckpointError(ValueError):
     """A checkpoint file cannot be read, or does not fit the configuration it is loaded into."""
-
-
-def build_model(
-    name_or_config: str | Path | Mapping[str, Any] | SSTConfig = "light",
-    scale: int = 2,
-    attention: str = "auto",
-    **overrides: Any,
-) -> SST:
-    """A freshly initialised SST from a preset name, a config (dict, YAML path or :class:`SSTConfig`).
-
-    ``scale`` applies to preset names; ``overrides`` replace config fields (e.g. ``n_blocks=2``).
-    """
-    if isinstance(name_or_config, str) and name_or_config.lower().replace("_plus", "+") in PRESETS:
-        config = preset(name_or_config, scale=scale, **overrides)
-    else:
-        config = resolve_config(name_or_config)
-        if overrides:
-            config = config.replace(**overrides)
-    return SST(config, attention=attention)
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -95,7 +78,7 @@ def read_checkpoint(path: str | Path) -> tuple[StateDict, SSTConfig | None]:
 @functools.lru_cache(maxsize=64)
 def _expected_shapes(config: SSTConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        model = SST(config)
+        model = build_sst(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -201,7 +184,7 @@ def _check_fit(state: StateDict, config: SSTConfig, path: Path, original: StateD
 
 def load_model(
     path: str | Path,
-    config: str | Path | Mapping[str, Any] | SSTConfig | None = None,
+    config: ConfigSpec | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     attention: str = "auto",
@@ -209,11 +192,15 @@ def load_model(
 ) -> SST:
     """An eval-mode SST with the weights of a checkpoint.
 
-    ``config`` is a preset name, a ``network_g`` dict, the path of a YAML file, or an
-    :class:`SSTConfig`; it may be omitted for our ``.safetensors`` files (they carry theirs).
+    ``path`` ``"default"`` (when no such file exists) is the bundled model of ``scale`` (default 2),
+    trained with ``ribsr train`` (docs/models.md). ``config`` is a preset name, a ``network_g`` dict,
+    the path of a YAML file, or an :class:`SSTConfig`; it may be omitted for our ``.safetensors`` files
+    (they carry theirs).
     ``scale`` overrides the config's scale. When the scale differs from the checkpoint's, the
     upsampler is resized (see :func:`resize_upsampler`). ``dtype`` defaults to float32.
     """
+    if str(path) == DEFAULT_MODEL and not Path(path).exists():
+        path = default_model_path(scale or 2)
     path = Path(path)
     state, stored = read_checkpoint(path)
     if config is None:
@@ -224,7 +211,7 @@ def load_model(
         cfg = stored
     else:
         cfg = resolve_config(config, scale=scale)
-    if scale is not None and cfg.scale != scale:
+    if scale is not None and cfg.scale != scale:  # a stored config, at another scale
         cfg = cfg.replace(scale=scale)
     src_scale = checkpoint_scale(state, cfg.upsampler)
     if cfg.upsampler in ("pixelshuffle_direct", "pixelshuffle") and src_scale not in (None, cfg.scale):
@@ -234,7 +221,7 @@ def load_model(
         state = resized
     else:
         _check_fit(state, cfg, path)
-    model = SST(cfg, attention=attention)
+    model = build_sst(cfg, attention=attention)
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype or torch.float32).eval()
 
@@ -255,13 +242,19 @@ def save_model(model: SST, path: str | Path, metadata: Mapping[str, str] | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    os.chmod(tmp, _default_file_mode())  # safetensors creates files with mode 0600
     tmp.replace(path)
     return path
 
 
-def convert_checkpoint(
-    src: str | Path, dst: str | Path, config: str | Path | Mapping[str, Any] | SSTConfig
-) -> Path:
+def _default_file_mode() -> int:
+    """The mode a newly created file gets from the user's umask (0644 under the usual umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, config: ConfigSpec) -> Path:
     """Convert one of the paper's ``.pth`` checkpoints to our ``.safetensors`` with its config."""
     model = load_model(src, config=config)
     return save_model(model, dst, metadata={"source": Path(src).name})
@@ -269,18 +262,16 @@ def convert_checkpoint(
 
 def resolve_model(
     spec: str | Path | None,
-    config: str | Path | Mapping[str, Any] | SSTConfig | None = None,
+    config: ConfigSpec | None = None,
     scale: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     attention: str = "auto",
 ) -> SST:
-    """The model a ``--model`` option names: a checkpoint path, or None for the bundled default model."""
-    if spec is None:
-        from ribsr.assets import default_model_path
-
-        spec = default_model_path()
-    return load_model(spec, config=config, device=device, dtype=dtype, attention=attention, scale=scale)
+    """The model a ``--model`` option names: a checkpoint path, or None (or ``"default"``) for the bundled
+    model of ``scale`` (default 2)."""
+    return load_model(spec or DEFAULT_MODEL, config=config, device=device, dtype=dtype, attention=attention,
+                      scale=scale)
 
 
 def describe(model: SST) -> str:
@@ -290,6 +281,7 @@ def describe(model: SST) -> str:
     return f"SST {c.name or 'custom'} x{c.scale} ({n / 1e6:.3f} M parameters, attention={model.attention})"
 
 
+# build_model lives in ribsr.build; it stays importable from here for older imports.
 __all__ = [
     "CheckpointError", "build_model", "checkpoint_scale", "convert_checkpoint", "describe", "load_model",
     "matching_presets", "read_checkpoint", "resize_upsampler", "resolve_model", "save_model",

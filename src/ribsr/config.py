@@ -1,4 +1,10 @@
-"""The network configuration (:class:`SSTConfig`) and the published presets."""
+"""The network configuration (:class:`SSTConfig`) and the published presets.
+
+The names a configuration may use for its upsampler, gate and positional scheme are the keys of the
+module registries (``ribsr.model.UPSAMPLERS``, ``GATES``, ``POSITIONAL``): this module reads them from
+``ribsr.model``, which never imports it back. Turning names, dicts and files into configs, and configs into
+networks, is :mod:`ribsr.build`'s work.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,13 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-UPSAMPLERS = ("pixelshuffle_direct", "pixelshuffle", "nn+conv")
-GATES = ("DWC", "Linear", "none")
-ATTN_TYPES = ("RIB", "RPB", "FlashBias", "RoPE", "NoPE", "CPE")
+from ribsr.model.layers import GATES
+from ribsr.model.positional import POSITIONAL
+from ribsr.model.upsampler import UPSAMPLERS
+
+ATTN_TYPES = tuple(POSITIONAL)
 # Names the paper's code and YAML files use for the same schemes.
 ATTN_TYPE_ALIASES = {
     "rib": "RIB",
@@ -49,14 +56,16 @@ class SSTConfig:
     """Hyper-parameters of one SST network; everything needed to rebuild it.
 
     Per-layer fields (``window_sizes``, ``num_heads``, ``ranks``) describe the layers of one
-    residual block; every block repeats them. ``ranks`` is the RIB/FlashBias rank per layer.
+    residual block; every block repeats them. ``ranks`` is the RIB/FlashBias rank per layer. The size
+    fields have no defaults (the presets give them, :func:`preset`); the others default to the values
+    the paper's YAML files assume when they leave them out (except ``gate_type``: see :meth:`from_network_g`).
     """
 
-    dim: int = 48
-    window_sizes: tuple[int, ...] = (8, 16, 32, 16, 32, 64)
-    num_heads: tuple[int, ...] = (3, 3, 3, 3, 3, 3)
-    ranks: tuple[int, ...] = (16, 16, 16, 24, 24, 24)
-    n_blocks: int = 5
+    dim: int
+    window_sizes: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    ranks: tuple[int, ...]
+    n_blocks: int
     exp_ratio: float = 1.5
     scale: int = 2
     upsampler: str = "pixelshuffle_direct"
@@ -110,10 +119,10 @@ class SSTConfig:
             p.append(f"scale (upscaling_factor) must be 2, 3 or 4, got {self.scale!r}")
         if self.upsampler not in UPSAMPLERS:
             p.append(f"upsampler (upsampler_type) must be one of {list(UPSAMPLERS)}, got {self.upsampler!r}")
-        if self.gate_type not in GATES:
-            p.append(f"gate_type must be one of {list(GATES)} (or null), got {self.gate_type!r}")
-        if self.attn_type not in ATTN_TYPES:
-            p.append(f"attn_type must be one of {list(ATTN_TYPES)}, got {self.attn_type!r}")
+        if self.gate_type not in GATES and self.gate_type != "none":
+            p.append(f"gate_type must be one of {list(GATES)} or null ('none'), got {self.gate_type!r}")
+        if self.attn_type not in POSITIONAL:
+            p.append(f"attn_type must be one of {list(POSITIONAL)}, got {self.attn_type!r}")
 
         seqs = {}
         for key in ("window_sizes", "num_heads", "ranks"):
@@ -170,10 +179,12 @@ class SSTConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> SSTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError([f"unknown field {k!r}" for k in unknown], source)
+        """Build from a dict of fields (as :meth:`to_dict` writes); unknown and missing fields are listed."""
+        fields = dataclasses.fields(cls)
+        problems = [f"unknown field {k!r}" for k in sorted(set(d) - {f.name for f in fields})]
+        problems += [f"missing field {f.name!r}" for f in fields if f.name not in d and _required(f)]
+        if problems:
+            raise ConfigError(problems, source)
         try:
             return cls(**dict(d))
         except ConfigError as exc:
@@ -208,12 +219,8 @@ class SSTConfig:
         if not isinstance(network_g, Mapping):
             raise ConfigError([f"network_g must be a mapping, got {type(network_g).__name__}"], source)
         rename = {"upscaling_factor": "scale", "upsampler_type": "upsampler"}
-        allowed = {
-            "dim", "window_sizes", "num_heads", "ranks", "n_blocks", "exp_ratio", "attn_type",
-            "rib_hidden_dim", "rib_n_freqs", "upscaling_factor", "upsampler_type", "gate_type",
-            "intermediate_dim", "scale", "upsampler", "name",
-        }
-        problems = [f"unknown network_g key {k!r}" for k in sorted(set(network_g) - allowed - {"type"})]
+        allowed = NETWORK_G_KEYS | {f.name for f in dataclasses.fields(cls)}
+        problems = [f"unknown network_g key {k!r}" for k in sorted(set(network_g) - allowed)]
         missing = [k for k in ("dim", "window_sizes", "num_heads", "n_blocks") if k not in network_g]
         problems += [f"missing network_g key {k!r}" for k in missing]
         if problems:
@@ -226,6 +233,17 @@ class SSTConfig:
         elif "gate_type" not in kwargs:
             kwargs["gate_type"] = "none"  # the paper's class default is no gate
         return cls.from_dict(kwargs, source)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+# The keys of the paper's network_g blocks (``type`` is ignored).
+NETWORK_G_KEYS = frozenset({
+    "type", "dim", "window_sizes", "num_heads", "ranks", "n_blocks", "exp_ratio", "attn_type", "rib_hidden_dim",
+    "rib_n_freqs", "upscaling_factor", "upsampler_type", "gate_type", "intermediate_dim",
+})
 
 
 # ---------------------------------------------------------------------- presets
@@ -274,53 +292,31 @@ PUBLISHED_PARAMS_M: dict[str, tuple[float, float, float]] = {
 }
 
 
+def preset_name(name: str) -> str | None:
+    """The :data:`PRESETS` key a spelling names, or None: case is ignored and ``_plus``/``-plus`` mean ``+``
+    (``"BASE_plus"`` -> ``"base+"``)."""
+    key = name.strip().lower().replace("_plus", "+").replace("-plus", "+")
+    return key if key in PRESETS else None
+
+
 def preset(name: str, scale: int = 2, **overrides: Any) -> SSTConfig:
-    """The configuration of a published model (``light``, ``base+``, ...) at ``scale``."""
-    key = name.lower().replace("_plus", "+").replace("-plus", "+")
-    if key not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    kwargs = {**PRESETS[key], "scale": scale, "name": key, **overrides}
-    return SSTConfig(**kwargs)
+    """The configuration of a published model (``light``, ``base+``, ...; see :func:`preset_name`) at ``scale``.
 
-
-def resolve_config(spec: str | Path | Mapping[str, Any] | SSTConfig, scale: int | None = None) -> SSTConfig:
-    """An :class:`SSTConfig` from a preset name, a ``network_g``/config dict, or a YAML/JSON file path.
-
-    YAML files may be the paper's option files (the ``network_g`` block is used) or a bare
-    ``network_g`` mapping. ``scale``, when given, overrides the scale of presets only.
+    ``overrides`` replace fields (e.g. ``n_blocks=2``); the config keeps the preset's name.
     """
-    if isinstance(spec, SSTConfig):
-        return spec
-    if isinstance(spec, Mapping):
-        data = dict(spec)
-        if "network_g" in data:
-            data = data["network_g"]
-        if "upscaling_factor" in data or "upsampler_type" in data or "type" in data:
-            return SSTConfig.from_network_g(data)
-        return SSTConfig.from_dict(data)
-    text = str(spec)
-    if text.lower().replace("_plus", "+") in PRESETS:
-        return preset(text, scale=scale or 2)
-    path = Path(text)
-    if path.suffix.lower() in (".yml", ".yaml", ".json") or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        import yaml
+    key = preset_name(name)
+    if key is None:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return SSTConfig(**{**PRESETS[key], "scale": scale, "name": key, **overrides})
 
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as exc:
-                raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
-        if not isinstance(data, Mapping):
-            raise ConfigError(["the file does not hold a mapping"], str(path))
-        block = data.get("network_g", data)
-        if "network_g" in data or "upscaling_factor" in block or "type" in block:
-            return SSTConfig.from_network_g(block, source=str(path))
-        return SSTConfig.from_dict(block, source=str(path))
-    raise ValueError(
-        f"config {text!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing YAML/JSON file"
-    )
+
+def __getattr__(name: str) -> Any:
+    # resolve_config moved to ribsr.build (which imports this module); kept reachable here for old imports.
+    if name == "resolve_config":
+        from ribsr.build import resolve_config
+
+        return resolve_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def param_count_m(n_params: int) -> float:

@@ -16,8 +16,11 @@ from ribsr.model.attention import (
     attend_reference,
     make_backend,
     pad_to_multiple,
+    window_partition,
+    window_unpartition,
 )
-from ribsr.model.positional import RIB, NoPE, fourier_features, window_coordinates
+from ribsr.model.layers import DWCGate
+from ribsr.model.positional import RIB, NoPE, RoPE, fourier_features, window_coordinates
 
 PATHS = {"reference": attend_reference, "naive": attend_naive, "bias": attend_bias, "concat": attend_concat}
 
@@ -123,7 +126,9 @@ def test_training_mode_recomputes_and_propagates_gradients():
         rib.zero_grad()
         fn(q, k, v, rib, 4).square().sum().backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rib.parameters()), fn.__name__
-    assert not rib._cache
+    cpu = torch.device("cpu")
+    first = rib.factors(4, cpu)[0]
+    assert first.requires_grad and rib.factors(4, cpu)[0] is not first  # nothing is cached while training
 
 
 def test_coordinates_follow_the_spec():
@@ -152,12 +157,63 @@ def test_padding_beyond_the_side_continues_the_reflection():
     assert (y == y[:, :, :1]).all()  # a single row is repeated
 
 
+@pytest.mark.parametrize("shift", [0, 3])
+@pytest.mark.parametrize("size", [(8, 8), (13, 21), (3, 17)])
+def test_window_partition_holds_the_padded_rolled_blocks_and_unpartition_inverts_it(size, shift):
+    ws = 8
+    x = torch.randn(2, 5, *size)
+    windows, (hp, wp) = window_partition(x, ws, shift)
+    assert (hp % ws, wp % ws) == (0, 0) and hp - ws < size[0] <= hp and wp - ws < size[1] <= wp
+    padded = torch.roll(pad_to_multiple(x, ws), shifts=(-shift, -shift), dims=(2, 3))  # (2, 5, Hp, Wp)
+    nh, nw = hp // ws, wp // ws
+    assert windows.shape == (2 * nh * nw, ws * ws, 5)
+    b, i, j = 1, nh - 1, nw - 1  # the last window: index (b*nh + i)*nw + j, token n at (n // ws, n % ws)
+    block = padded[b, :, i * ws : (i + 1) * ws, j * ws : (j + 1) * ws]  # (C, ws, ws)
+    torch.testing.assert_close(windows[(b * nh + i) * nw + j], block.flatten(1).T, atol=0, rtol=0)
+    back = window_unpartition(windows, ws, (hp, wp), size, shift)
+    torch.testing.assert_close(back, x, atol=0, rtol=0)
+    # trailing dimensions are merged into the channels: (windows, N, heads, D) -> C = heads * D
+    split = window_unpartition(windows.unflatten(-1, (5, 1)), ws, (hp, wp), size, shift)
+    torch.testing.assert_close(split, x, atol=0, rtol=0)
+
+
+def test_window_attention_rotates_once_and_attends_within_the_window():
+    """One 8x8 window (no padding) with RoPE and no gate, against the formula written out in float64."""
+    torch.manual_seed(4)
+    dim, heads, ws = 16, 2, 8
+    d, n = dim // heads, ws * ws
+    rope = RoPE(heads, d)
+    with torch.no_grad():
+        rope.rope_freqs.normal_(0, 1.0)
+    layer = WindowAttention(dim, ws, heads, pos=rope, backend=make_backend("reference")).eval()
+    x = torch.randn(1, dim, ws, ws)
+    with torch.no_grad():
+        out = layer(x)
+        tokens = layer.to_qkv(x)[0].flatten(1).T.double()  # (N, 3C), token = row * ws + column
+        q, k, v = (t.reshape(n, heads, d).transpose(0, 1) for t in tokens.split(dim, dim=1))  # (heads, N, D) each
+        col, row = torch.arange(n) % ws, torch.arange(n) // ws
+        f = rope.rope_freqs.double()  # (2, heads, D/2)
+        angle = col[None, :, None] * f[0][:, None, :] + row[None, :, None] * f[1][:, None, :]  # (heads, N, D/2)
+
+        def rotate(t):  # channel pairs (2i, 2i+1) turned by the angle, once
+            re, im = t[..., 0::2], t[..., 1::2]
+            cos, sin = angle.cos(), angle.sin()
+            return torch.stack([re * cos - im * sin, re * sin + im * cos], -1).flatten(2)
+
+        attn = torch.softmax(rotate(q) @ rotate(k).transpose(1, 2) / math.sqrt(d), -1) @ v  # (heads, N, D)
+        merged = attn.transpose(0, 1).reshape(n, dim).T.reshape(1, dim, ws, ws)  # channel = head * D + d
+        expected = layer.to_out(merged.float())
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("shift", [False, True])
 def test_window_attention_paths_agree_on_odd_sizes(shift):
     layers = {}
     for name in PATHS:
         torch.manual_seed(1)
-        layers[name] = WindowAttention(24, 8, 3, pos=_rib(rank=8), shift=shift, backend=make_backend(name)).eval()
+        layers[name] = WindowAttention(
+            24, 8, 3, pos=_rib(rank=8), gate=DWCGate(24), shift=shift, backend=make_backend(name)
+        ).eval()
     x = torch.randn(2, 24, 13, 21)
     with torch.no_grad():
         outs = {n: m(x) for n, m in layers.items()}
@@ -167,11 +223,11 @@ def test_window_attention_paths_agree_on_odd_sizes(shift):
 
 
 def test_state_dict_uses_released_names():
-    m = WindowAttention(24, 8, 3, pos=_rib())
+    m = WindowAttention(24, 8, 3, pos=_rib(), gate=DWCGate(24))
     keys = set(m.state_dict())
     assert {"to_hidden", "hidden_b", "to_q", "to_k", "to_qkv.weight", "gate.0.weight", "gate.1.bias"} <= keys
     assert not any(k.startswith("pos.") for k in keys)
-    other = WindowAttention(24, 8, 3, pos=_rib())
+    other = WindowAttention(24, 8, 3, pos=_rib(), gate=DWCGate(24))
     other.load_state_dict(m.state_dict())
     torch.testing.assert_close(other.pos.to_q, m.pos.to_q)
 

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from ribsr.build import build_sst
 from ribsr.checkpoint import load_model, save_model
 from ribsr.config import ATTN_TYPES, ConfigError, SSTConfig
-from ribsr.model import SST, CacheBudget, FlashBias, NoPE, RoPE
+from ribsr.model import CacheBudget, FlashBias, NoPE, RoPE
 from ribsr.model.attention import attend_bias, attend_concat, attend_reference
 from ribsr.model.positional import RPB, mixed_rope_frequencies, relative_position_index
 
@@ -137,7 +138,7 @@ PAPER_NAMES = {
 
 @pytest.mark.parametrize("attn_type", ATTN_TYPES)
 def test_state_dict_names_are_the_papers(attn_type):
-    state = SST(_tiny(attn_type)).state_dict()
+    state = build_sst(_tiny(attn_type)).state_dict()
     for key, shape in PAPER_NAMES[attn_type].items():
         assert tuple(state[key].shape) == shape, key
     names = ("to_q", "relative_position_bias", "flashbias_q", "rope_freqs", "cpe.weight")
@@ -148,7 +149,7 @@ def test_state_dict_names_are_the_papers(attn_type):
 
 @pytest.mark.parametrize("attn_type", ATTN_TYPES)
 def test_each_scheme_trains_a_step(attn_type):
-    model = SST(_tiny(attn_type)).train()
+    model = build_sst(_tiny(attn_type)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     x, y = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 24, 24)
     torch.nn.functional.l1_loss(model(x), y).backward()
@@ -164,7 +165,7 @@ def test_each_scheme_trains_a_step(attn_type):
 
 @pytest.mark.parametrize("attn_type", ATTN_TYPES)
 def test_config_model_safetensors_round_trip(attn_type, tmp_path):
-    model = SST(_tiny(attn_type)).eval()
+    model = build_sst(_tiny(attn_type)).eval()
     path = save_model(model, tmp_path / f"{attn_type}.safetensors")
     loaded = load_model(path)
     assert loaded.config == model.config and loaded.config.attn_type == attn_type
@@ -182,7 +183,7 @@ def test_paper_names_are_accepted(alias, name):
 @pytest.mark.parametrize("attn_type", ["RPB", "FlashBias", "RoPE", "CPE"])
 def test_paths_agree_on_a_whole_network(attn_type):
     torch.manual_seed(2)
-    ref = SST(_tiny(attn_type), attention="reference").eval()
+    ref = build_sst(_tiny(attn_type), attention="reference").eval()
     with torch.no_grad():
         for p in ref.parameters():  # make the positional terms matter
             p.add_(torch.randn_like(p) * 0.05)
@@ -190,26 +191,29 @@ def test_paths_agree_on_a_whole_network(attn_type):
     with torch.no_grad():
         expected = ref(x)
         for attention in ("bias", "concat", "auto"):
-            m = SST(_tiny(attn_type), attention=attention).eval()
+            m = build_sst(_tiny(attn_type), attention=attention).eval()
             m.load_state_dict(ref.state_dict())
             assert (m(x) - expected).abs().max() <= 1e-5, attention
 
 
 def test_model_wide_bias_cache_budget():
-    model = SST(_tiny("RPB"), bias_cache_bytes=3 * 16 * 16 * 4).eval()  # room for the 4x4-window bias only
-    schemes = [model.body[0][j].attn.pos for j in range(2)]
-    assert schemes[0].bias_budget is schemes[1].bias_budget
+    model = build_sst(_tiny("RPB"), bias_cache_bytes=3 * 16 * 16 * 4).eval()  # room for the 4x4-window bias only
+    schemes = [model.body[0][j].attn.pos for j in range(2)]  # window sizes 4 and 8
+    cpu = torch.device("cpu")
+
+    def kept(j: int, ws: int) -> bool:
+        return schemes[j].bias(ws, cpu) is schemes[j].bias(ws, cpu)
+
     with torch.no_grad():
         model(torch.rand(1, 3, 8, 8))
-    budget = schemes[0].bias_budget
-    assert budget.used == 3 * 16 * 16 * 4
-    assert [len(s._cache) for s in schemes] == [1, 0]
-    with torch.no_grad():
+        budget = schemes[0].bias_budget
+        assert budget.used == 3 * 16 * 16 * 4
+        assert kept(0, 4) and not kept(1, 8)  # the second layer's bias does not fit the shared budget
         schemes[0].relative_position_bias.add_(1.0)  # stale: rebuilt, and charged once
         model(torch.rand(1, 3, 8, 8))
-    assert budget.used == 3 * 16 * 16 * 4
-    model.set_bias_cache(0)
-    assert budget.used == 0 and not schemes[0]._cache
+        assert budget.used == 3 * 16 * 16 * 4
+        model.set_bias_cache(0)
+        assert budget.used == 0 and not kept(0, 4)
     with pytest.raises(ValueError, match="-1"):
         CacheBudget(-1)
 

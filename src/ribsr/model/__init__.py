@@ -1,10 +1,13 @@
-"""The SST network's modules (nn.Modules only)."""
+"""The SST network's modules (nn.Modules only, and the registries of the named ones); ribsr.build assembles them."""
 
-from ribsr.model.attention import BACKENDS, WindowAttention, make_backend
-from ribsr.model.positional import RIB, RPB, CacheBudget, FlashBias, NoPE, PositionalScheme, RoPE
-from ribsr.model.sst import POSITIONAL, SST, ResidualBlock, TransformerLayer, make_positional
+from ribsr.model.attention import BACKENDS, WindowAttention, make_backend, window_partition, window_unpartition
+from ribsr.model.layers import GATES
+from ribsr.model.positional import POSITIONAL, RIB, RPB, CacheBudget, FlashBias, NoPE, PositionalScheme, RoPE
+from ribsr.model.sst import SST, ResidualBlock, TransformerLayer
+from ribsr.model.upsampler import UPSAMPLERS
 
 __all__ = [
-    "BACKENDS", "POSITIONAL", "RIB", "RPB", "SST", "CacheBudget", "FlashBias", "NoPE", "PositionalScheme",
-    "ResidualBlock", "RoPE", "TransformerLayer", "WindowAttention", "make_backend", "make_positional",
+    "BACKENDS", "GATES", "POSITIONAL", "RIB", "RPB", "SST", "UPSAMPLERS", "CacheBudget", "FlashBias", "NoPE",
+    "PositionalScheme", "ResidualBlock", "RoPE", "TransformerLayer", "WindowAttention", "make_backend",
+    "window_partition", "window_unpartition",
 ]

@@ -54,4 +54,5 @@ class LinearGate(nn.Sequential):
         super().__init__(nn.Conv2d(dim, dim, 1), nn.Sigmoid())
 
 
+# SSTConfig.gate_type -> the gate's class, called with (dim); "none" (no gate) is not a module.
 GATES: dict[str, type[nn.Module]] = {"DWC": DWCGate, "Linear": LinearGate}

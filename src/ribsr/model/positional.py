@@ -7,7 +7,8 @@ A scheme tells the attention what to add to the logits of a ws x ws window, in o
   these can be concatenated to q and k so that any fused kernel computes them (RIB, FlashBias);
 * a dense additive **bias** (heads, N, N) (RPB; or the product of the factors).
 
-Schemes may also rotate q and k (RoPE) or do nothing (NoPE). Their parameters are registered with
+Schemes may also rotate q and k (RoPE; :class:`~ribsr.model.attention.WindowAttention` rotates once,
+before any attention path) or do nothing (NoPE). Their parameters are registered with
 the names the released checkpoints (and the paper's code for the other schemes) use;
 :class:`~ribsr.model.attention.WindowAttention` stores the scheme as its ``pos`` submodule and flattens
 ``pos.`` out of state-dict keys. (CPE, a depthwise conv on the layer input, lives in the transformer
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -337,3 +339,16 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     re, im = pairs[..., 0], pairs[..., 1]
     out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
     return out.flatten(-2).to(x.dtype)  # (windows, heads, N, D)
+
+
+# attn_type -> the positional scheme of one attention layer. Every builder is called with the same keyword
+# arguments (heads, head_dim, rank, window_size, hidden_dim, n_freqs) and uses those its scheme needs; the
+# keys are the names configurations may use (SSTConfig.attn_type).
+POSITIONAL: dict[str, Callable[..., PositionalScheme]] = {
+    "RIB": lambda heads, rank, hidden_dim, n_freqs, **_: RIB(heads, rank, hidden_dim, n_freqs),
+    "RPB": lambda heads, window_size, **_: RPB(heads, window_size),
+    "FlashBias": lambda heads, rank, window_size, **_: FlashBias(heads, rank, window_size),
+    "RoPE": lambda heads, head_dim, **_: RoPE(heads, head_dim),
+    "NoPE": lambda **_: NoPE(),
+    "CPE": lambda **_: NoPE(),  # the position enters through a depthwise conv on the layer input (its ``cpe``)
+}

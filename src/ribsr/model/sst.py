@@ -10,63 +10,39 @@ Structure (state-dict prefixes in brackets)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ribsr.config import SSTConfig
-from ribsr.model.attention import AttentionFn, WindowAttention, make_backend
-from ribsr.model.layers import ConvFFN, LayerNorm2d
-from ribsr.model.positional import RIB, RPB, CacheBudget, FlashBias, NoPE, PositionalScheme, RoPE
-from ribsr.model.upsampler import UPSAMPLERS
+from ribsr.model.attention import WindowAttention
+from ribsr.model.layers import LayerNorm2d
+from ribsr.model.positional import CacheBudget, PositionalScheme
+
+if TYPE_CHECKING:  # model/ never imports the config at run time: ribsr.build reads it and builds these modules
+    from ribsr.config import SSTConfig
 
 # Bytes of dense positional biases one network keeps between calls in eval mode (all layers together):
 # enough for every bias of ``light`` (its five 64x64-window biases take 5 x 192 MiB), which saves about a
 # quarter of those layers' attention time on the CPU; beyond it biases are rebuilt per call.
 DEFAULT_BIAS_CACHE_BYTES = 1280 * 2**20
 
-# attn_type -> the scheme of one attention layer, from (config, heads, rank, window size).
-POSITIONAL: dict[str, Callable[[SSTConfig, int, int, int], PositionalScheme]] = {
-    "RIB": lambda c, heads, rank, ws: RIB(heads, rank, c.rib_hidden_dim, c.rib_n_freqs),
-    "RPB": lambda c, heads, rank, ws: RPB(heads, ws),
-    "FlashBias": lambda c, heads, rank, ws: FlashBias(heads, rank, ws),
-    "RoPE": lambda c, heads, rank, ws: RoPE(heads, c.dim // heads),
-    "NoPE": lambda c, heads, rank, ws: NoPE(),
-    "CPE": lambda c, heads, rank, ws: NoPE(),  # the position enters through TransformerLayer.cpe
-}
-
-
-def make_positional(config: SSTConfig, heads: int, rank: int, window_size: int) -> PositionalScheme:
-    """The positional scheme of one attention layer, as ``config.attn_type`` names it."""
-    if config.attn_type not in POSITIONAL:
-        raise ValueError(f"attn_type {config.attn_type!r} is not available; choose one of {sorted(POSITIONAL)}")
-    return POSITIONAL[config.attn_type](config, heads, rank, window_size)
-
 
 class TransformerLayer(nn.Module):
     """Pre-norm layer: x + attn(norm(x)), then x + ffn(norm(x)).
 
-    With ``attn_type`` CPE a depthwise 3x3 conv ``cpe`` first adds a conditional positional encoding to
-    the layer input (``x = x + cpe(x)``); otherwise ``cpe`` is None.
+    ``cpe``, when given (the CPE scheme's depthwise 3x3 conv), first adds a conditional positional
+    encoding to the layer input: ``x = x + cpe(x)``.
     """
 
-    def __init__(self, config: SSTConfig, index: int, backend: AttentionFn) -> None:
+    def __init__(self, dim: int, attn: WindowAttention, ffn: nn.Module, cpe: nn.Module | None = None) -> None:
         super().__init__()
-        ws, heads, rank = config.window_sizes[index], config.num_heads[index], config.ranks[index]
-        self.cpe = (
-            nn.Conv2d(config.dim, config.dim, 3, padding=1, groups=config.dim) if config.attn_type == "CPE" else None
-        )
-        self.norm_attn = LayerNorm2d(config.dim)
-        self.attn = WindowAttention(
-            config.dim, ws, heads,
-            pos=make_positional(config, heads, rank, ws),
-            gate=config.gate_type,
-            shift=config.shifted and index % 2 == 1,
-            backend=backend,
-        )
-        self.norm_ffn = LayerNorm2d(config.dim)
-        self.ffn = ConvFFN(config.dim, config.ffn_hidden)
+        self.cpe = cpe
+        self.norm_attn = LayerNorm2d(dim)
+        self.attn = attn
+        self.norm_ffn = LayerNorm2d(dim)
+        self.ffn = ffn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpe is not None:
@@ -76,11 +52,10 @@ class TransformerLayer(nn.Module):
 
 
 class ResidualBlock(nn.Sequential):
-    """Transformer layers with cycling window sizes, then a 3x3 conv; returns x + block(x)."""
+    """The given layers, then a 3x3 conv; returns x + block(x)."""
 
-    def __init__(self, config: SSTConfig, backend: AttentionFn) -> None:
-        layers = [TransformerLayer(config, j, backend) for j in range(config.n_layers)]
-        super().__init__(*layers, nn.Conv2d(config.dim, config.dim, 3, padding=1))
+    def __init__(self, layers: Sequence[nn.Module], dim: int) -> None:
+        super().__init__(*layers, nn.Conv2d(dim, dim, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + super().forward(x)
@@ -89,29 +64,32 @@ class ResidualBlock(nn.Sequential):
 class SST(nn.Module):
     """The SST super-resolution network: (B, 3, h, w) in [0, 1] -> (B, 3, s*h, s*w), any h and w.
 
-    ``attention`` names the attention path (see :func:`ribsr.model.attention.make_backend`); it
-    changes speed and memory, never the architecture or the parameters. ``bias_cache_bytes`` bounds
-    the dense positional biases all layers together keep between calls in eval mode
-    (see :meth:`set_bias_cache`).
+    Built by :func:`ribsr.build.build_sst` (or ``ribsr.build_model``) from ``config``, which it keeps as
+    ``self.config`` (checkpoints store it): ``blocks`` are the residual blocks of the body and ``upsampler``
+    maps (features, input) to the output. ``attention`` is the name of the attention path the layers use
+    (for descriptions only). ``bias_cache_bytes`` bounds the dense positional biases all layers together keep
+    between calls in eval mode (see :meth:`set_bias_cache`). The constructor re-initialises all parameters
+    as the paper does (:meth:`reset_parameters`).
     """
 
     def __init__(
         self,
         config: SSTConfig,
-        attention: str | AttentionFn = "auto",
+        blocks: Sequence[nn.Module],
+        upsampler: nn.Module,
+        attention: str = "auto",
         bias_cache_bytes: int = DEFAULT_BIAS_CACHE_BYTES,
     ) -> None:
         super().__init__()
         self.config = config
-        backend = make_backend(attention) if isinstance(attention, str) else attention
-        self.attention = attention if isinstance(attention, str) else getattr(attention, "__name__", "custom")
+        self.attention = attention
         self.proj = nn.Conv2d(3, config.dim, 3, padding=1)
         self.body = nn.Sequential(
-            *[ResidualBlock(config, backend) for _ in range(config.n_blocks)],
+            *blocks,
             LayerNorm2d(config.dim),
             nn.Conv2d(config.dim, config.dim, 3, padding=1),
         )
-        self.upsampler = UPSAMPLERS[config.upsampler](config.dim, config.scale, config.intermediate_dim)
+        self.upsampler = upsampler
         self.reset_parameters()
         self.set_bias_cache(bias_cache_bytes)
 

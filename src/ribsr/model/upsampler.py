@@ -72,6 +72,7 @@ class NearestConv(nn.Module):
         return self.f(feat + self.f_img(x))
 
 
+# SSTConfig.upsampler -> the head's class, called with (dim, scale, intermediate_dim).
 UPSAMPLERS: dict[str, type[nn.Module]] = {
     "pixelshuffle_direct": PixelShuffleDirect,
     "pixelshuffle": PixelShuffle,

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+from ribsr.build import build_sst
 from ribsr.checkpoint import save_model
 from ribsr.config import SSTConfig
-from ribsr.model import SST
 from ribsr.train.state import ResumeError, latest_checkpoint, load_checkpoint, save_atomic
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def export_run(run: str | Path, output: str | Path | None = None, weights: str =
     if weights == "ema" and ema is None:
         log.warning("%s kept no EMA weights (train.ema_decay 0): exporting the trained weights", path)
     chosen = ema if weights == "ema" and ema is not None else raw
-    model = SST(config)
+    model = build_sst(config)
     model.load_state_dict(chosen)
     iteration = int(state["iteration"])
     save_model(model, out, metadata={

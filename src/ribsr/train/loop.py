@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ribsr.build import build_sst
 from ribsr.checkpoint import CheckpointError, checkpoint_scale, read_checkpoint, resize_upsampler
 from ribsr.config import SSTConfig
 from ribsr.inference import Upscaler
@@ -273,7 +274,7 @@ class Trainer:
         opts.check_files()
 
         torch.manual_seed(opts.manual_seed)
-        self.model = SST(opts.network, attention="auto").to(self.device)
+        self.model = build_sst(opts.network, attention="auto").to(self.device)
         if opts.path.pretrain_network_g is not None:
             load_pretrained(self.model, opts.path.pretrain_network_g, opts.path.param_key_g, opts.path.strict_load_g)
         t = opts.train

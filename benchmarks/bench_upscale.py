@@ -29,7 +29,7 @@ from PIL import Image
 
 import ribsr
 from ribsr.imageio import read_image
-from ribsr.inference import tiled_forward
+from ribsr.tiling import tiled_forward
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,17 +1,19 @@
-"""Shared test fixtures: where the shared data lives (configurable, skipped when absent), and small
-stand-in networks for the tiling/upscaling tests."""
+"""Shared test fixtures: where the shared data lives (configurable, skipped when absent), small
+stand-in networks for the tiling/upscaling tests (described by a ribsr.modelinfo.ModelInfo), and a tiny
+real checkpoint for the command-line tests."""
 
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ribsr.modelinfo import ModelInfo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,12 +60,12 @@ class NearestUp(nn.Module):
 
     def __init__(self, scale: int = 2, window_sizes: tuple[int, ...] = (4, 8, 16)) -> None:
         super().__init__()
-        self.config = SimpleNamespace(scale=scale, window_sizes=tuple(window_sizes), dim=3)
+        self.info = ModelInfo(scale=scale, multiple_of=math.lcm(*window_sizes), width=3)
         self.calls: list[tuple[int, ...]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls.append(tuple(x.shape))
-        return F.interpolate(x, scale_factor=self.config.scale, mode="nearest")
+        return F.interpolate(x, scale_factor=self.info.scale, mode="nearest")
 
 
 class WindowMixer(nn.Module):
@@ -77,18 +79,18 @@ class WindowMixer(nn.Module):
     def __init__(self, scale: int = 2, window_sizes: tuple[int, ...] = (4, 8, 16), dim: int = 8,
                  seed: int = 0) -> None:
         super().__init__()
-        self.config = SimpleNamespace(scale=scale, window_sizes=tuple(window_sizes), dim=dim)
+        self.window_sizes = tuple(window_sizes)
+        self.info = ModelInfo(scale=scale, multiple_of=math.lcm(*window_sizes), width=dim)
         torch.manual_seed(seed)
         self.head = nn.Conv2d(3, dim, 3, padding=1)
         self.mix = nn.ModuleList(nn.Conv2d(2 * dim, dim, 3, padding=1) for _ in window_sizes)
         self.tail = nn.Conv2d(dim, 3 * scale * scale, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, (h, w) = self.config.scale, x.shape[-2:]
-        a = math.lcm(*self.config.window_sizes)
+        s, a, (h, w) = self.info.scale, self.info.multiple_of, x.shape[-2:]
         x = F.pad(x, (0, -w % a, 0, -h % a), mode="replicate")
         f = self.head(x)
-        for ws, conv in zip(self.config.window_sizes, self.mix, strict=True):
+        for ws, conv in zip(self.window_sizes, self.mix, strict=True):
             mean = F.interpolate(F.avg_pool2d(f, ws), scale_factor=ws, mode="nearest")  # window means
             f = f + torch.tanh(conv(torch.cat([f, mean], dim=1)))
         y = F.pixel_shuffle(self.tail(f), s) + F.interpolate(x, scale_factor=s, mode="bilinear")
@@ -103,3 +105,14 @@ def nearest_model() -> type[NearestUp]:
 @pytest.fixture
 def window_model() -> type[WindowMixer]:
     return WindowMixer
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real x2 checkpoint (``light`` cut down to one block of windows 4 and 8, random weights) in our
+    .safetensors format, for tests that go through ``ribsr.load_model``."""
+    import ribsr
+
+    torch.manual_seed(0)
+    model = ribsr.build_model("light", n_blocks=1, window_sizes=[4, 8], num_heads=[3, 3], ranks=[4, 4])
+    return ribsr.save_model(model, tmp_path_factory.mktemp("checkpoint") / "tiny_x2.safetensors")

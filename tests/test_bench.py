@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from ribsr.bench import METHODS, AttentionCase, bench_attention, estimate_bytes
+from ribsr.bench import METHODS, AttentionCase, Timing, bench_attention, estimate_bytes
 from ribsr.cli import main
 
 
@@ -38,7 +38,7 @@ def test_bench_attention_cli_writes_json_for_every_method_and_mode(tmp_path, cap
 
 def test_peak_memory_is_measured_in_a_subprocess():
     cases = [AttentionCase(m, window=16, image=64) for m in ("RPB naive", "RIB concat")]
-    naive, concat = bench_attention(cases, repeats=1, warmup=0, threads=1)
+    naive, concat = bench_attention(cases, Timing(repeats=1, warmup=0, threads=1))
     # naive holds 16 windows x 3 heads x 256^2 float32 scores (12 MiB) and their softmax
     assert naive["peak_mb"] > 12 and naive["peak_mb"] > 3 * concat["peak_mb"]
 
@@ -64,7 +64,7 @@ def test_which_methods_rebuild_the_positional_term_per_call(monkeypatch, method,
 def test_cases_over_the_memory_limit_are_skipped():
     case = AttentionCase("RPB naive", window=64, image=128)
     assert estimate_bytes(case) > 3 * 4 * 3 * 4096**2  # scores, softmax, sum
-    (row,) = bench_attention([case], max_bytes=2**30, memory=False)
+    (row,) = bench_attention([case], Timing(memory=False), max_bytes=2**30)
     assert row["ms"] is None and "GiB > limit 1.0 GiB" in row["skipped"]
     with pytest.raises(ValueError, match="'RPB fast'"):
         AttentionCase("RPB fast", window=8)
@@ -80,7 +80,21 @@ def test_plot(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bench_model_cli_compares_attention_types(tmp_path, capsys):
+@pytest.fixture
+def small_presets(monkeypatch):
+    """Networks built for ``bench model`` are their preset cut down to one block of windows 4 and 8 (the
+    same code, a fraction of the time)."""
+    import ribsr.checkpoint
+
+    full_build = ribsr.checkpoint.build_model
+
+    def build_model(*args, **kwargs):
+        return full_build(*args, n_blocks=1, window_sizes=[4, 8], num_heads=[3, 3], ranks=[4, 4], **kwargs)
+
+    monkeypatch.setattr(ribsr.checkpoint, "build_model", build_model)
+
+
+def test_bench_model_cli_compares_attention_types(tmp_path, capsys, small_presets):
     out = tmp_path / "model.json"
     rc = main(["bench", "model", "light", "--lr-size", "8x12", "--attn-type", "RIB", "RPB", "--repeats", "1",
                "--warmup", "0", "--no-memory", "--threads", "1", "--json", str(out)])
@@ -94,7 +108,14 @@ def test_bench_model_cli_compares_attention_types(tmp_path, capsys):
     assert "--bias-cache-gb must be >= 0, got -1.0" in capsys.readouterr().err
 
 
-def test_bench_model_without_kept_biases_rebuilds_them_every_call(monkeypatch):
+def test_timing_settings_are_checked():
+    with pytest.raises(ValueError, match="repeats=0"):
+        Timing(repeats=0)
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        Timing(threads=0)
+
+
+def test_bench_model_without_kept_biases_rebuilds_them_every_call(monkeypatch, small_presets):
     from ribsr.bench import _model_callable
     from ribsr.checkpoint import build_model
     from ribsr.model.positional import RPB

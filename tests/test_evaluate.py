@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -23,6 +21,7 @@ from ribsr.evaluate import (
 from ribsr.imresize import imresize
 from ribsr.inference import Upscaler
 from ribsr.metrics import psnr, ssim
+from ribsr.modelinfo import ModelInfo
 
 # The literature's bicubic rows (PSNR, Y channel, border = scale); see shared/datasets/README.md.
 PUBLISHED_BICUBIC = {
@@ -36,12 +35,12 @@ class StandIn(torch.nn.Module):
 
     def __init__(self, scale: int, mode: str = "bicubic") -> None:
         super().__init__()
-        self.config = SimpleNamespace(scale=scale)
+        self.info = ModelInfo(scale=scale)
         self.mode = mode
         self.gain = torch.nn.Parameter(torch.ones(()))  # gives the model a device and dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gain * F.interpolate(x, scale_factor=self.config.scale, mode=self.mode)
+        return self.gain * F.interpolate(x, scale_factor=self.info.scale, mode=self.mode)
 
 
 def _rng_image(shape, seed):
@@ -96,9 +95,27 @@ def test_load_image_modes(tmp_path):
     assert out.shape == (4, 5, 3) and out.dtype == np.uint8 and out[0, 0, 0] == 200
     Image.fromarray(np.full((4, 5), 7, np.uint8)).save(tmp_path / "gray.png")
     assert load_image(tmp_path / "gray.png").shape == (4, 5)
-    Image.fromarray(np.zeros((4, 5), np.uint16)).save(tmp_path / "deep.png")
-    with pytest.raises(ValueError, match="deep.png.*mode"):
-        load_image(tmp_path / "deep.png")
+    deep = np.array([[0, 257, 32896, 65535, 383]], np.uint16)  # 16-bit: rounded to 8 bits
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "deep.png"), [[0, 1, 128, 255, 1]])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        load_image(tmp_path / "broken.png")
+
+
+def test_load_image_is_the_upscaler_reader(tmp_path):
+    """evaluate reads what ``ribsr upscale`` reads, 8-bit samples exactly, grayscale kept (H, W)."""
+    from ribsr.evaluate import IMAGE_EXTENSIONS
+    from ribsr.imageio import IMAGE_SUFFIXES, read_image
+
+    assert set(IMAGE_EXTENSIONS) == IMAGE_SUFFIXES
+    rng = np.random.default_rng(0)
+    for name, arr in (("c.bmp", rng.integers(0, 256, (6, 7, 3))), ("g.png", rng.integers(0, 256, (6, 7)))):
+        Image.fromarray(arr.astype(np.uint8)).save(tmp_path / name)
+        out = load_image(tmp_path / name)
+        np.testing.assert_array_equal(out, arr)
+        decoded = read_image(tmp_path / name).rgb[..., 0]  # (6, 7) of the float RGB the upscaler takes
+        np.testing.assert_array_equal(out.reshape(6, 7, -1)[..., 0], np.rint(decoded * 255))
 
 
 def test_load_lr_prefers_files_and_checks_their_size(tiny_dataset):
@@ -153,7 +170,7 @@ def test_evaluate_options_change_the_measurement(tiny_dataset):
     rgb = evaluate_dataset(upscale, tiny_dataset, 2, y_channel=False)
     no_crop = evaluate_dataset(upscale, tiny_dataset, 2, crop_border=0)
     model = StandIn(2)
-    ensemble = Upscaler(model, tile=0, self_ensemble=True, scale=2, align=1)
+    ensemble = Upscaler(model, tile=0, self_ensemble=True)
     ens = evaluate_dataset(model_upscaler(model, forward=ensemble.upscale_tensor), tiny_dataset, 2)
     assert len({base["psnr"], rgb["psnr"], no_crop["psnr"]}) == 3
     # Bicubic interpolation is equivariant up to float rounding: the ensemble changes PSNR by

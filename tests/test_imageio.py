@@ -229,3 +229,16 @@ def test_output_format():
     assert output_format(img, "same") == "JPEG"
     img.format = "GIF"
     assert output_format(img, "same") == "PNG"
+
+
+def test_read_array_gives_the_8bit_pixels_metrics_are_computed_on(tmp_path):
+    rng = np.random.default_rng(7)
+    rgba16 = rng.integers(0, 65536, (5, 6, 4)).astype(np.uint16)
+    with open(tmp_path / "deep.png", "wb") as f:
+        png.Writer(6, 5, bitdepth=16, greyscale=False, alpha=True).write(f, rgba16.reshape(5, -1))
+    out = imageio.read_array(tmp_path / "deep.png")  # alpha dropped, 16 bits rounded to 8
+    assert out.shape == (5, 6, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.rint(rgba16[..., :3] / 65535 * 255).astype(np.uint8))
+    gray_alpha = rng.integers(0, 256, (5, 6, 2)).astype(np.uint8)
+    Image.fromarray(gray_alpha, "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(imageio.read_array(tmp_path / "la.png"), gray_alpha[..., 0])  # stays (H, W)

@@ -1,4 +1,4 @@
-"""Tiling, blending, memory planning and the Upscaler API, with small stand-in networks."""
+"""Tiling, blending, memory planning, the model descriptor and the Upscaler API, with small stand-in networks."""
 
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ribsr import inference
-from ribsr.inference import (
+from ribsr.inference import Upscaler, dihedral
+from ribsr.memory import (
     MemoryCost,
-    Upscaler,
-    _axis_weights,
-    _dihedral,
-    choose_tiling,
+    image_buffer_bytes,
     is_out_of_memory,
     measure_memory_cost,
-    model_geometry,
-    tile_layout,
-    tiled_forward,
+    modelled_memory_cost,
 )
+from ribsr.modelinfo import ModelInfo, model_info
+from ribsr.tiling import axis_weights, batch_that_fits, choose_tiling, tile_layout, tiled_forward
 
 # The stand-in networks are tiny: one thread is faster, and far faster on a busy machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,7 +65,7 @@ def test_tile_layout_rejects_bad_values():
 @pytest.mark.parametrize("length,tile,scale", [(101, 32, 2), (300, 128, 3), (64, 128, 4)])
 def test_blend_weights_sum_to_one_and_are_smooth(length, tile, scale):
     layout = tile_layout(length, length, tile, None, 16)
-    weights = _axis_weights(layout.xs, scale)
+    weights = axis_weights(layout.xs, scale)
     total = torch.zeros(scale * length)
     for (x0, x1), wgt in zip(layout.xs, weights, strict=True):
         total[scale * x0:scale * x1] += wgt
@@ -86,14 +84,16 @@ def test_local_model_tiled_equals_untiled(nearest_model):
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("tile,overlap,min_db", [(32, 16, 47.0), (48, 16, 50.0), (64, 32, 55.0)])
-def test_context_dependent_model_tiled_close_to_untiled(window_model, tile, overlap, min_db):
+def test_context_dependent_model_tiled_close_to_untiled_and_closer_with_more_context(window_model):
     model = window_model().eval()
     x = smooth_image(101, 87, seed=1)
     with torch.no_grad():
         ref = model(x)
-    out = tiled_forward(model, x, tile=tile, overlap=overlap)
-    assert psnr(out, ref) >= min_db  # measured 47.6 / 51.3 / 61.7 dB
+    db = [psnr(tiled_forward(model, x, tile=tile, overlap=overlap), ref)
+          for tile, overlap in ((32, 16), (48, 16), (64, 32))]
+    # RMS error under 1% of the range even for the smallest tiles, and smaller with larger ones
+    assert min(db) > 40
+    assert db == sorted(db), db
 
 
 def test_blending_beats_hard_cuts(window_model):
@@ -142,11 +142,31 @@ def test_wrong_scale_is_reported(nearest_model):
         tiled_forward(model, smooth_image(40, 40), tile=32, scale=3, align=16)
 
 
-def test_model_geometry_uses_lcm_of_windows(nearest_model):
-    assert model_geometry(nearest_model(scale=4, window_sizes=(16, 32, 48, 96))) == (4, 96)
-    assert model_geometry(nearest_model(scale=2, window_sizes=(8, 12))) == (2, 24)
-    with pytest.raises(ValueError, match="config"):
-        model_geometry(torch.nn.Identity())
+def test_model_info_of_an_sst_and_of_other_modules(nearest_model):
+    import ribsr
+
+    sst = ribsr.build_model("light", scale=3, n_blocks=1, window_sizes=[4, 8, 12], num_heads=[3, 3, 3],
+                            ranks=[4, 4, 4])
+    info = model_info(sst)
+    assert (info.scale, info.multiple_of, info.width) == (3, 24, 48)  # lcm of the windows
+    assert info.bias_bytes == 3 * 12**4 * 4 and info.set_bias_cache is not None
+    assert torch.bfloat16 in info.dtypes
+    assert inference.model_geometry(sst) == (3, 24)  # the old name still answers
+    assert model_info(nearest_model(scale=4, window_sizes=(16, 32, 48, 96))) == ModelInfo(4, 96, width=3)
+    assert model_info(sst, scale=2, multiple_of=1).multiple_of == 1
+    with pytest.raises(ValueError, match="ModelInfo"):
+        model_info(torch.nn.Identity())
+    assert model_info(torch.nn.Identity(), scale=2, multiple_of=4) == ModelInfo(2, 4)
+    with pytest.raises(ValueError, match="scale must be a positive integer, got 0"):
+        ModelInfo(scale=0)
+
+
+def test_dtypes_a_model_does_not_support_are_refused(nearest_model):
+    model = nearest_model()
+    model.info = ModelInfo(2, 16, dtypes=(torch.float32,))
+    with pytest.raises(ValueError, match="bfloat16"):
+        Upscaler(model, dtype="bfloat16")
+    assert Upscaler(model, dtype="auto").dtype == torch.float32
 
 
 # ---------------------------------------------------------------------- self-ensemble
@@ -154,9 +174,9 @@ def test_dihedral_inverse_round_trips_all_eight():
     x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
     outs = set()
     for k in range(8):
-        y = _dihedral(x, k)
+        y = dihedral(x, k)
         outs.add(tuple(y.flatten().tolist()))
-        torch.testing.assert_close(_dihedral(y, k, inverse=True), x, atol=0, rtol=0)
+        torch.testing.assert_close(dihedral(y, k, inverse=True), x, atol=0, rtol=0)
     assert len(outs) == 8
 
 
@@ -169,7 +189,7 @@ def test_self_ensemble(nearest_model, window_model):
     model = window_model()
     plain = Upscaler(model, tile=0).upscale(x)
     ens = Upscaler(model, tile=0, self_ensemble=True).upscale(x)
-    manual = sum(_dihedral(model(_dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
+    manual = sum(dihedral(model(dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
     torch.testing.assert_close(ens, manual.clamp(0, 1), atol=1e-5, rtol=0)
     assert (ens - plain).abs().max() > 1e-3
 
@@ -181,20 +201,20 @@ def test_choose_tiling_fits_the_budget():
     budget = 2e9
     tile, batch = choose_tiling(2000, 2000, 2, 64, budget_bytes=budget, cost=cost)
     assert tile is not None and tile % 64 == 0 and batch >= 1
-    used = inference.image_buffer_bytes(2000, 2000, 2) + cost.bytes_for(batch * tile * tile)
+    used = image_buffer_bytes(2000, 2000, 2) + cost.bytes_for(batch * tile * tile)
     assert used <= budget
     bigger = tile + 64  # the largest aligned tile was chosen
-    assert inference.image_buffer_bytes(2000, 2000, 2) + cost.bytes_for(bigger * bigger) > budget
+    assert image_buffer_bytes(2000, 2000, 2) + cost.bytes_for(bigger * bigger) > budget
 
 
 def test_batch_that_fits():
     cost = MemoryCost(fixed_bytes=0.0, bytes_per_pixel=1000.0, method="test")
-    buffers = inference.image_buffer_bytes(1000, 1000, 2)
+    buffers = image_buffer_bytes(1000, 1000, 2)
     # room for exactly 3 tiles of 128x128 (a tile of 100 is rounded up to 128)
     budget = buffers + 3 * 128 * 128 * 1000 + 1
-    assert inference.batch_that_fits(1000, 1000, 2, 64, 100, budget, cost) == 3
-    assert inference.batch_that_fits(1000, 1000, 2, 64, 128, budget * 10, cost) == 8  # capped
-    assert inference.batch_that_fits(1000, 1000, 2, 64, 128, 1.0, cost) == 1  # at least one
+    assert batch_that_fits(1000, 1000, 2, 64, 100, budget, cost) == 3
+    assert batch_that_fits(1000, 1000, 2, 64, 128, budget * 10, cost) == 8  # capped
+    assert batch_that_fits(1000, 1000, 2, 64, 128, 1.0, cost) == 1  # at least one
 
 
 def test_choose_tiling_never_goes_below_two_windows():
@@ -202,13 +222,12 @@ def test_choose_tiling_never_goes_below_two_windows():
     assert choose_tiling(500, 500, 2, 64, budget_bytes=1e6, cost=cost) == (128, 1)
 
 
-def test_measured_memory_cost_is_plausible(window_model):
-    model = window_model(dim=16)
-    cost = measure_memory_cost(model, align=16)
-    # a forward pass keeps at least the 16-channel float32 features of every pixel alive
-    assert cost.bytes_per_pixel > 16 * 4
-    assert cost.bytes_per_pixel < 16 * 4 * 200, cost  # and not absurdly more
-    assert cost.method.startswith("measured")
+def test_measured_memory_cost_grows_with_the_feature_width(window_model):
+    narrow = measure_memory_cost(window_model(dim=8), align=16)
+    wide = measure_memory_cost(window_model(dim=64), align=16)
+    assert narrow.method == wide.method == "measured on cpu"
+    # 8x the channels: several times the activations per pixel
+    assert wide.bytes_per_pixel > 3 * narrow.bytes_per_pixel, (narrow, wide)
 
 
 def test_out_of_memory_detection():
@@ -226,7 +245,7 @@ class _Fussy(torch.nn.Module):
     def __init__(self, inner, limit, message="DefaultCPUAllocator: not enough memory"):
         super().__init__()
         self.inner, self.limit, self.message = inner, limit, message
-        self.config = inner.config
+        self.info = inner.info
         self.sizes: list[int] = []
 
     def forward(self, x):
@@ -244,8 +263,8 @@ def test_out_of_memory_retries_with_smaller_tiles_and_remembers(window_model, ca
     with caplog.at_level("WARNING", logger="ribsr.inference"):
         out = up.upscale(x)
     assert "out of memory" in caplog.text
-    assert up._tile_cap == 32  # 100 -> 48 -> 32 (needs 2*16 at least)
     torch.testing.assert_close(out, tiled_forward(inner, x, 32).clamp(0, 1), atol=1e-5, rtol=0)
+    assert up.plan(100, 90) == (32, 1)  # 100 -> 48 -> 32 (needs 2*16 at least), kept for later images
     model.sizes.clear()
     up.upscale(x)
     assert max(model.sizes) <= 32 * 32  # later images start at the smaller tile
@@ -347,6 +366,7 @@ def test_auto_tile_skips_measuring_when_the_image_clearly_fits(window_model, mon
 
 
 # ---------------------------------------------------------------------- the real network
+@pytest.fixture(scope="module")
 def small_sst():
     """A two-block SST with windows up to 32 (random weights: enough to test tiling fidelity)."""
     import ribsr
@@ -355,19 +375,19 @@ def small_sst():
     return ribsr.build_model("light", scale=2, dim=12, n_blocks=2, window_sizes=(4, 8, 16, 8, 16, 32)).eval()
 
 
-def test_sst_tiled_close_to_untiled():
-    model = small_sst()
-    assert model_geometry(model) == (2, 32)
+def test_sst_tiled_close_to_untiled(small_sst):
+    model = small_sst
+    assert model_info(model).multiple_of == 32
     x = smooth_image(100, 90, seed=5)
     with torch.no_grad():
         ref = model(x)
     out = tiled_forward(model, x, tile=64)
-    assert psnr(out, ref) >= 55  # measured 65.5 dB
+    assert psnr(out, ref) >= 55  # measured 65.5 dB; 8-bit quantisation alone is 59 dB
 
 
-def test_modelled_cost_over_estimates_the_measured_one():
-    model = small_sst()
-    modelled = inference.modelled_memory_cost(model)
+def test_modelled_cost_over_estimates_the_measured_one(small_sst):
+    model = small_sst
+    modelled = modelled_memory_cost(model)
     measured = measure_memory_cost(model, align=32)
     assert measured.method == "measured on cpu"
     for side in (128, 512):
@@ -393,13 +413,17 @@ def test_light_tiled_vs_untiled_on_set14(datasets_dir):
         assert psnr(tiled_forward(model, x, tile=128), ref) >= 50, f.name
 
 
-def test_max_memory_gives_a_quarter_to_the_bias_cache():
+def test_max_memory_gives_a_quarter_to_the_bias_cache(nearest_model):
     from ribsr.checkpoint import build_model
-    from ribsr.inference import GIB, Upscaler
+    from ribsr.memory import GIB
 
     model = build_model("light", n_blocks=1)
-    up = Upscaler(model, max_memory=2)
+    Upscaler(model, max_memory=2)
     budget = model.body[0][0].attn.pos.bias_budget
     assert budget.max_bytes == int(0.25 * 2 * GIB)
     assert all(m.pos.bias_budget is budget for m in model.modules() if hasattr(m, "pos"))
-    assert up._cache_bytes == budget.max_bytes
+    given = []
+    stand_in = nearest_model()
+    stand_in.info = ModelInfo(2, 16, set_bias_cache=given.append)
+    Upscaler(stand_in, max_memory=0.5)
+    assert given == [int(0.25 * 0.5 * GIB)]

@@ -20,7 +20,6 @@ import gc
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -33,11 +32,37 @@ from typing import Any
 
 import torch
 
+from ribsr.devices import DTYPES
+from ribsr.memory import MIB, peak_bytes, proc_status_bytes
 from ribsr.model.attention import AttentionFn, AutoAttention, make_backend
 from ribsr.model.positional import RIB, RPB, CacheBudget, FlashBias, NoPE, PositionalScheme, RoPE
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MIB = 2**20
+
+@dataclass(frozen=True)
+class Timing:
+    """How each case is timed and measured.
+
+    ``repeats`` timed calls (median reported) after ``warmup`` untimed ones, stopping early after
+    ``max_seconds`` of wall time; ``threads`` CPU threads (None: torch's current number); ``memory``:
+    measure peak memory too (on the CPU in a subprocess that may run ``subprocess_timeout`` seconds).
+    """
+
+    repeats: int = 5
+    warmup: int = 1
+    max_seconds: float = 30.0
+    threads: int | None = None
+    memory: bool = True
+    subprocess_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.warmup < 0 or self.max_seconds <= 0 or self.subprocess_timeout <= 0:
+            raise ValueError(f"invalid timing settings: {self}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+# Whole networks take longer per call than one attention layer.
+MODEL_TIMING = Timing(max_seconds=60.0, subprocess_timeout=900.0)
 
 @dataclass(frozen=True)
 class Method:
@@ -142,21 +167,6 @@ def _threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(saved)
 
 
-class _Peak:
-    """Peak memory above the moment of construction, for one device."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            self.base = torch.cuda.memory_allocated(device)
-
-    def mib(self) -> float:
-        torch.cuda.synchronize(self.device)
-        return (torch.cuda.max_memory_allocated(self.device) - self.base) / MIB
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -217,26 +227,16 @@ def time_callable(
 
 
 # ------------------------------------------------------------------------------------------ CPU memory
-def _status_mib(field: str) -> float:
-    text = Path("/proc/self/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return int(match.group(1)) / 1024
-
-
 def _measure_rss_peak(setup: Callable[[], Callable[[], None]]) -> dict[str, float]:
     """In this (fresh) process: RSS before setup, before the call, and the peak during one call (MiB)."""
     gc.collect()
-    start = _status_mib("VmRSS")
+    start = proc_status_bytes("VmRSS")
     fn = setup()
     fn()  # warm-up: one-time allocations (kernels, caches meant to persist) are not part of the call
     gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _status_mib("VmRSS")
-    fn()
-    peak = _status_mib("VmHWM")
-    return {"peak_mb": peak - before, "held_mb": before - start}
+    before = proc_status_bytes("VmRSS")
+    peak = peak_bytes(fn, torch.device("cpu"), release=False)  # VmHWM reset to the RSS, minus the RSS
+    return {"peak_mb": peak / MIB, "held_mb": (before - start) / MIB}
 
 
 def _child_main(argv: Sequence[str]) -> None:
@@ -280,27 +280,19 @@ def memory_method(device: str) -> str:
 # ------------------------------------------------------------------------------------------ attention
 def bench_attention(
     cases: Sequence[AttentionCase],
-    repeats: int = 5,
-    warmup: int = 1,
-    max_seconds: float = 30.0,
-    threads: int | None = None,
-    memory: bool = True,
+    timing: Timing = Timing(),
     max_bytes: int | None = None,
-    subprocess_timeout: float = 600.0,
 ) -> Iterator[dict[str, Any]]:
     """Time (median ms) and measure (peak MiB) each case; yields one result dict per case as it finishes.
 
     ``max_bytes``: cases whose rough estimate exceeds it are skipped (their result says why).
     """
-    with _threads(threads) as threads:
-        yield from (_bench_attention_case(case, threads, repeats, warmup, max_seconds, memory, max_bytes,
-                                          subprocess_timeout) for case in cases)
+    with _threads(timing.threads) as threads:
+        timing = dataclasses.replace(timing, threads=threads)
+        yield from (_bench_attention_case(case, timing, max_bytes) for case in cases)
 
 
-def _bench_attention_case(
-    case: AttentionCase, threads: int, repeats: int, warmup: int, max_seconds: float, memory: bool,
-    max_bytes: int | None, subprocess_timeout: float,
-) -> dict[str, Any]:
+def _bench_attention_case(case: AttentionCase, timing: Timing, max_bytes: int | None) -> dict[str, Any]:
     device = torch.device(case.device)
     result: dict[str, Any] = {
         "method": case.method, "window": case.window, "mode": case.mode, "ms": None, "cpu_ms": None,
@@ -315,14 +307,12 @@ def _bench_attention_case(
         fn, result["path"] = _attention_callable(case)
         return fn
 
-    return _measure(result, make, device, "attention", dataclasses.asdict(case), threads, repeats, warmup,
-                    max_seconds, memory, subprocess_timeout, digits=3)
+    return _measure(result, make, device, "attention", dataclasses.asdict(case), timing, digits=3)
 
 
 def _measure(
     result: dict[str, Any], make: Callable[[], Callable[[], Any]], device: torch.device, kind: str,
-    spec: dict[str, Any], threads: int, repeats: int, warmup: int, max_seconds: float, memory: bool,
-    subprocess_timeout: float, digits: int,
+    spec: dict[str, Any], timing: Timing, digits: int,
 ) -> dict[str, Any]:
     """Fill ``result`` with the median wall and CPU ms of ``make()()`` and its peak MiB (CUDA: the
     allocator's peak; CPU: a fresh subprocess running ``kind``/``spec``); out of memory becomes a skip."""
@@ -330,16 +320,15 @@ def _measure(
         fn = make()
         if device.type == "cuda":
             fn()  # warm-up outside the peak window
-            peak = _Peak(device)
-            fn()
-            result["peak_mb"] = round(peak.mib(), digits)
-        times, cpu = time_callable(fn, device, repeats, warmup, max_seconds)
+            result["peak_mb"] = round(peak_bytes(fn, device, release=False) / MIB, digits)
+        times, cpu = time_callable(fn, device, timing.repeats, timing.warmup, timing.max_seconds)
         del fn
         result["ms"] = round(1e3 * statistics.median(times), digits)
         result["cpu_ms"] = round(1e3 * statistics.median(cpu), digits)
         result["runs"] = len(times)
-        if memory and device.type == "cpu":
-            measured = _measure_in_subprocess(kind, spec, threads, subprocess_timeout)
+        if timing.memory and device.type == "cpu":
+            threads = timing.threads or torch.get_num_threads()
+            measured = _measure_in_subprocess(kind, spec, threads, timing.subprocess_timeout)
             result["peak_mb"] = round(measured["peak_mb"], digits)
             result["held_mb"] = round(measured["held_mb"], digits)
     except torch.cuda.OutOfMemoryError as exc:
@@ -411,12 +400,7 @@ def bench_model(
     dtype: str = "float32",
     attention: str = "auto",
     bias_cache_bytes: int | None = None,
-    repeats: int = 5,
-    warmup: int = 1,
-    max_seconds: float = 60.0,
-    threads: int | None = None,
-    memory: bool = True,
-    subprocess_timeout: float = 900.0,
+    timing: Timing = MODEL_TIMING,
 ) -> Iterator[dict[str, Any]]:
     """Median latency and peak memory of a whole network per attention type (one result dict each).
 
@@ -425,18 +409,16 @@ def bench_model(
     ``train``: one AdamW step on that batch with an L1 loss against a random target.
     ``bias_cache_bytes``: the network's dense-bias budget (None: the default; 0: nothing kept).
     """
-    with _threads(threads) as threads:
+    with _threads(timing.threads) as threads:
+        timing = dataclasses.replace(timing, threads=threads)
         for attn_type in attn_types:
             spec = dict(preset=preset, scale=scale, attn_type=attn_type, lr_size=list(lr_size), batch=batch,
                         train=train, device=device, dtype=dtype, attention=attention,
                         bias_cache_bytes=bias_cache_bytes)
-            yield _bench_model_case(spec, threads, repeats, warmup, max_seconds, memory, subprocess_timeout)
+            yield _bench_model_case(spec, timing)
 
 
-def _bench_model_case(
-    spec: dict[str, Any], threads: int, repeats: int, warmup: int, max_seconds: float, memory: bool,
-    subprocess_timeout: float,
-) -> dict[str, Any]:
+def _bench_model_case(spec: dict[str, Any], timing: Timing) -> dict[str, Any]:
     dev = torch.device(spec["device"])
     h, w = spec["lr_size"]
     result: dict[str, Any] = {
@@ -444,8 +426,7 @@ def _bench_model_case(
         "mode": "train" if spec["train"] else "inference", "input": f"{spec['batch']}x3x{h}x{w}",
         "ms": None, "cpu_ms": None, "peak_mb": None, "held_mb": None, "runs": 0, "skipped": None,
     }
-    return _measure(result, lambda: _model_callable(**spec), dev, "model", spec, threads, repeats, warmup,
-                    max_seconds, memory, subprocess_timeout, digits=1)
+    return _measure(result, lambda: _model_callable(**spec), dev, "model", spec, timing, digits=1)
 
 
 # ------------------------------------------------------------------------------------------ reporting

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ribsr.devices import parameter_place
+from ribsr.imageio import IMAGE_SUFFIXES, read_array
 from ribsr.imresize import imresize
 from ribsr.metrics import psnr, ssim, to_uint8
 
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "Upscaler",
+    "UpscaleFn",
     "bicubic_upscaler",
     "evaluate",
     "evaluate_dataset",
@@ -37,11 +39,13 @@ __all__ = [
     "model_upscaler",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+# The image files of a dataset folder: those ``ribsr upscale`` reads (ribsr.imageio.IMAGE_SUFFIXES).
+IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))
 
 # Takes an LR image, uint8 (H, W) or (H, W, C), and returns its SR image in any form that
-# ribsr.metrics.to_uint8 accepts (uint8 array, float [0, 1] array or tensor).
-Upscaler = Callable[[np.ndarray], Any]
+# ribsr.metrics.to_uint8 accepts (uint8 array, float [0, 1] array or tensor). Not ribsr.Upscaler, whose
+# bound ``upscale_tensor`` can be the ``forward`` of :func:`model_upscaler`.
+UpscaleFn = Callable[[np.ndarray], Any]
 
 
 # ---------------------------------------------------------------------------------- images, files
@@ -56,21 +60,11 @@ def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as uint8, (H, W) for grayscale or (H, W, 3) for colour.
+    """An image file as uint8, (H, W) for grayscale or (H, W, 3) for colour (:func:`ribsr.imageio.read_array`).
 
-    Palette, RGBA and CMYK images become RGB (alpha dropped), grayscale+alpha becomes grayscale.
+    Palette, CMYK and 16-bit images become 8-bit RGB or grayscale; alpha is dropped.
     """
-    path = Path(path)
-    with Image.open(path) as im:
-        if im.mode in ("L", "RGB"):
-            pass
-        elif im.mode == "LA":
-            im = im.convert("L")
-        elif im.mode in ("P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr"):
-            im = im.convert("RGB")
-        else:
-            raise ValueError(f"{path}: unsupported image mode {im.mode} (use 8-bit grayscale or RGB)")
-        return np.array(im)
+    return read_array(path)
 
 
 def find_hr_images(folder: str | Path) -> list[Path]:
@@ -103,7 +97,7 @@ def load_lr(folder: str | Path, name: str, hr: np.ndarray, scale: int) -> tuple[
 
 
 # ---------------------------------------------------------------------------------- upscalers
-def bicubic_upscaler(scale: int) -> Upscaler:
+def bicubic_upscaler(scale: int) -> UpscaleFn:
     """MATLAB bicubic upscaling by ``scale`` (uint8 in, uint8 out), the literature's baseline."""
     return lambda lr: imresize(lr, float(scale))
 
@@ -112,7 +106,7 @@ def model_upscaler(
     model: torch.nn.Module,
     *,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> Upscaler:
+) -> UpscaleFn:
     """An upscaler running ``model`` (takes and returns (B, 3, h, w) floats in [0, 1]).
 
     ``forward`` replaces ``model(x)``: e.g. ``ribsr.Upscaler(model, tile=..., self_ensemble=True)
@@ -120,9 +114,7 @@ def model_upscaler(
     equal channels and the output's channel mean is returned. Inputs go to the device and dtype of
     the model's first parameter (CPU float32 for a model without parameters).
     """
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.float32
+    device, dtype = parameter_place(model)
     run = forward or model
 
     def upscale(lr: np.ndarray) -> np.ndarray:
@@ -150,7 +142,7 @@ _LR_SOURCES = {
 
 
 def evaluate_dataset(
-    upscale: Upscaler,
+    upscale: UpscaleFn,
     folder: str | Path,
     scale: int,
     *,
@@ -233,7 +225,7 @@ def evaluate_dataset(
 
 
 def evaluate(
-    upscale: Upscaler,
+    upscale: UpscaleFn,
     folders: Sequence[str | Path],
     scale: int,
     *,

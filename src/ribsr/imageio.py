@@ -247,6 +247,13 @@ def read_image(path: str | os.PathLike[str]) -> DecodedImage:
     return apply_orientation(img, orientation)
 
 
+def read_array(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file (as :func:`read_image` does) into uint8 pixels: (H, W) for grayscale, else
+    (H, W, 3); alpha is dropped and 16-bit samples are rounded to 8 bits. What metrics are computed on."""
+    img = read_image(path)
+    return to_array(img, np.uint8, 0 if img.grayscale else 3)
+
+
 # ---------------------------------------------------------------------- encoding
 def _quantize(data: np.ndarray, bit_depth: int) -> np.ndarray:
     """Float in [0, 1] -> uint8 or uint16, rounded to nearest and clipped (one float temporary)."""

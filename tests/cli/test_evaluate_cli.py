@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ribsr.cli import main
+from ribsr.modelinfo import ModelInfo
 
 
 @pytest.fixture()
@@ -27,11 +27,11 @@ def dataset(tmp_path):
 class Nearest(torch.nn.Module):
     def __init__(self, scale: int) -> None:
         super().__init__()
-        self.config = SimpleNamespace(scale=scale, window_sizes=(4,))
+        self.info = ModelInfo(scale=scale, multiple_of=4)
         self.gain = torch.nn.Parameter(torch.ones(()))  # gives the model a device and dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gain * F.interpolate(x, scale_factor=self.config.scale, mode="nearest")
+        return self.gain * F.interpolate(x, scale_factor=self.info.scale, mode="nearest")
 
 
 @pytest.fixture()
@@ -93,17 +93,18 @@ def test_missing_data_folder(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_model_path_uses_resolve_model(dataset, tmp_path, fake_checkpoint):
+def test_a_checkpoint_is_evaluated_at_its_own_scale(dataset, tmp_path, tiny_checkpoint, monkeypatch):
     out_json = tmp_path / "m.json"
-    rc = main(["evaluate", "--model", "weights.safetensors", "--data", str(dataset), "--self-ensemble",
+    rc = main(["evaluate", "--model", str(tiny_checkpoint), "--data", str(dataset), "--self-ensemble",
                "--json", str(out_json)])
     assert rc == 0
-    expected_call = {"spec": "weights.safetensors", "config": None, "scale": None, "device": "cpu"}
-    assert fake_checkpoint == [expected_call]
     (row,) = json.loads(out_json.read_text())["results"]
-    assert row["scale"] == 3 and row["images"] == 1  # the model's own scale
+    assert row["scale"] == 2 and row["images"] == 1 and row["failed"] == []  # the checkpoint's own scale
+    # without --model: the bundled model of --scale, through the same loader
+    asked = []
+    monkeypatch.setattr("ribsr.checkpoint.default_model_path", lambda scale: asked.append(scale) or tiny_checkpoint)
     rc = main(["evaluate", "--data", str(dataset), "--scale", "2", "--json", str(out_json)])
-    assert rc == 0 and fake_checkpoint[-1]["spec"] is None and fake_checkpoint[-1]["scale"] == 2
+    assert rc == 0 and asked == [2]
     assert json.loads(out_json.read_text())["results"][0]["scale"] == 2
 
 

@@ -70,6 +70,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON (rewritten after every case)")
 
 
+def _timing(args: argparse.Namespace, **defaults: Any) -> Any:
+    """The timing options as one :class:`ribsr.bench.Timing`."""
+    from ribsr.bench import Timing
+
+    return Timing(repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds, threads=args.threads,
+                  memory=not args.no_memory, **defaults)
+
+
 def _write_json(path: Path | None, env: dict[str, Any], settings: dict[str, Any], results: list) -> None:
     if path is None:
         return
@@ -117,8 +125,7 @@ def run_attention(args: argparse.Namespace) -> int:
     columns = ["method", "window", "mode", "path", "ms", "cpu_ms", "peak_mb", "held_mb", "runs", "skipped"]
     print(format_table([], columns))
     results: list[dict[str, Any]] = []
-    for r in bench_attention(cases, repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds,
-                             threads=args.threads, memory=not args.no_memory, max_bytes=max_bytes):
+    for r in bench_attention(cases, _timing(args), max_bytes=max_bytes):
         results.append(r)
         print(format_table([r], columns).splitlines()[-1], flush=True)
         _write_json(args.json, env, settings, results)
@@ -163,8 +170,7 @@ def run_model(args: argparse.Namespace) -> int:
     for r in bench_model(args.preset, args.attn_type, scale=args.scale, lr_size=size, batch=batch,
                          train=args.train, device=args.device, dtype=args.dtype, attention=args.attention,
                          bias_cache_bytes=None if args.bias_cache_gb is None else int(args.bias_cache_gb * 2**30),
-                         repeats=args.repeats, warmup=args.warmup, max_seconds=args.max_seconds,
-                         threads=args.threads, memory=not args.no_memory):
+                         timing=_timing(args, subprocess_timeout=900.0)):
         results.append(r)
         print(format_table([r], columns).splitlines()[-1], flush=True)
         _write_json(args.json, env, settings, results)

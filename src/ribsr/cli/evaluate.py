@@ -85,14 +85,15 @@ def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
             raise ValueError("--self-ensemble and --tile apply to models, not to --model bicubic")
         return bicubic_upscaler(args.scale), args.scale
     from ribsr.checkpoint import resolve_model
+    from ribsr.devices import parameter_place
     from ribsr.inference import Upscaler
 
     model = resolve_model(args.model, config=args.config, scale=args.scale, device=args.device)
-    scale = int(model.config.scale)
     # Whole images unless --tile is given; Upscaler falls back to tiles (with a warning) only when
     # memory runs out.
-    dtype = next(model.parameters()).dtype
-    runner = Upscaler(model, tile=args.tile or 0, self_ensemble=args.self_ensemble, dtype=dtype)
+    device, dtype = parameter_place(model)
+    runner = Upscaler(model, tile=args.tile or 0, self_ensemble=args.self_ensemble, dtype=dtype, device=device)
+    scale = runner.scale
     if args.tile:
         print(f"evaluating on {args.tile}x{args.tile} tiles (overlapping, blended)")
     return model_upscaler(model, forward=runner.upscale_tensor), scale

@@ -170,10 +170,18 @@ def output_path(job: Job, out_dir: Path, suffix: str, fmt: str) -> tuple[Path, s
 
 # ---------------------------------------------------------------------- running
 def load_model(args: argparse.Namespace, device: str) -> Any:
-    """The network for ``--model``/``--config``/``--scale`` (None: the bundled default model)."""
+    """The network for ``--model``/``--config``/``--scale`` (no ``--model``: the bundled model of ``--scale``).
+
+    A checkpoint that carries its configuration is loaded at its own scale, so that ``--scale`` is
+    checked against it instead of resizing its upsampler; with ``--config`` the scale completes the
+    configuration.
+    """
+    from ribsr.assets import DEFAULT_MODEL
     from ribsr.checkpoint import resolve_model
 
-    return resolve_model(args.model, config=args.config, scale=args.scale, device=device)
+    bundled = args.model is None or args.model == DEFAULT_MODEL
+    scale = args.scale if bundled or args.config is not None else None
+    return resolve_model(args.model, config=args.config, scale=scale, device=device)
 
 
 def _err(message: str) -> None:
@@ -185,8 +193,10 @@ def _err(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ribsr.devices import resolve_device
     from ribsr.imageio import ImageReadError, read_image, write_image
-    from ribsr.inference import Upscaler, is_out_of_memory, resolve_device
+    from ribsr.inference import Upscaler
+    from ribsr.memory import is_out_of_memory
 
     out_dir = Path(args.output)
     jobs, problems = discover(args.inputs, args.recursive, out_dir.resolve())

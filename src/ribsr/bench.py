@@ -188,17 +188,20 @@ def _attention_callable(case: AttentionCase) -> tuple[Callable[[], None], str]:
     path = backend.choose(q, pos).__name__ if isinstance(backend, AutoAttention) else backend.__name__
     grad = torch.randn(shape, device=device, dtype=dtype) if backward else None
 
+    def attend() -> torch.Tensor:
+        q_rot, k_rot = pos.rotate(q, k, case.window)  # as WindowAttention does before every path (RoPE)
+        return backend(q_rot, k_rot, v, pos, case.window)
+
     def run() -> None:
         if not keep:
             pos.clear_cache()
         if backward:
-            out = backend(q, k, v, pos, case.window)
-            out.backward(grad)
+            attend().backward(grad)
             for t in (q, k, v, *pos.parameters()):
                 t.grad = None
         else:
             with torch.no_grad():
-                backend(q, k, v, pos, case.window)
+                attend()
 
     return run, path.removeprefix("attend_")
 

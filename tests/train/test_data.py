@@ -368,3 +368,16 @@ def test_global_batch_sampler():
                {"batch_size": 2, "start_iter": -1}, {"batch_size": 2, "start_iter": 5, "total_iter": 4}):
         with pytest.raises(ValueError):
             GlobalBatchSampler(**kw)
+
+
+@pytest.mark.parametrize("backend", ["disk", "memory"])
+def test_validation_items_say_whether_the_file_is_grayscale(datasets_dir, backend):
+    """Set14's bridge.png is stored as grayscale; man.png is RGB with three equal channels and stays RGB."""
+    ds = PairedImageDataset(datasets_dir / "Set14" / "HR", datasets_dir / "Set14" / "LR_bicubic" / "X2", 2,
+                            filename_tmpl="{}x2", io_backend=backend)
+    items = {ds[i]["key"]: ds[i] for i in range(len(ds))}
+    assert items["bridge"]["gray"] and not items["man"]["gray"] and not items["baboon"]["gray"]
+    man = items["man"]["gt"]
+    assert torch.equal(man[0], man[1]) and torch.equal(man[1], man[2])
+    down = DownsampleImageDataset(datasets_dir / "Set14" / "HR", 2, io_backend=backend)
+    assert [down[i]["gray"] for i in range(len(down))] == [items[k]["gray"] for k in down.keys]

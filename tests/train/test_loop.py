@@ -192,15 +192,19 @@ def test_resume_auto_skips_a_corrupt_newest_checkpoint(datasets_dir, tmp_path, o
 
 def test_validation_reports_psnr_of_the_ema_weights(datasets_dir, tmp_path, one_thread):
     opts = with_validation(tiny_options(datasets_dir, total_iter=4), datasets_dir, val_freq=4)
+    set14 = dict(opts["datasets"]["val_1"], name="Set14", dataroot_gt=str(datasets_dir / "Set14" / "HR"),
+                 dataroot_lq=str(datasets_dir / "Set14" / "LR_bicubic" / "X2"))
+    opts["datasets"]["val_2"] = set14  # grayscale bridge.png, and man.png: RGB with equal channels
     trainer = train(opts, tmp_path / "run")
     model = trainer.ema.module.eval()
     from ribsr.evaluate import evaluate_dataset, model_upscaler
 
-    expected = evaluate_dataset(model_upscaler(model), datasets_dir / "Set5", 2)
-    got = trainer.best["Set5/psnr"]
-    assert got["iteration"] == 4
-    assert got["value"] == pytest.approx(expected["psnr"], abs=1e-6)
-    assert trainer.best["Set5/ssim"]["value"] == pytest.approx(expected["ssim"], abs=1e-6)
+    for name in ("Set5", "Set14"):
+        expected = evaluate_dataset(model_upscaler(model), datasets_dir / name, 2)
+        got = trainer.best[f"{name}/psnr"]
+        assert got["iteration"] == 4
+        assert got["value"] == pytest.approx(expected["psnr"], abs=1e-6)
+        assert trainer.best[f"{name}/ssim"]["value"] == pytest.approx(expected["ssim"], abs=1e-6)
 
 
 def test_learning_rate_follows_warmup_then_milestones(datasets_dir):

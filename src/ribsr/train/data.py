@@ -27,7 +27,8 @@ same line in LR and HR coordinates, so padding the LR by ``k`` pixels and the HR
 aligned (``"reflect"``, which mirrors about the last pixel's centre, would shift the LR's padding by
 ``(scale - 1) / 2`` HR pixels against the HR's); it is also the boundary rule of ``imresize``.
 
-Samples are dicts ``{"lq": (3, h, w) float32, "gt": (3, s*h, s*w) float32, "key": str}`` with values in [0, 1];
+Samples are dicts ``{"lq": (3, h, w) float32, "gt": (3, s*h, s*w) float32, "key": str}`` with values in [0, 1]
+(validation samples also hold ``"gray"``: whether the HR file is stored as grayscale);
 the default collate function stacks them into ``(B, 3, h, w)`` tensors and a list of keys.
 """
 
@@ -99,6 +100,18 @@ def _decode(source: str | io.BytesIO, where: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes of single-channel (grayscale) images
+
+
+def _source_is_gray(source: str | io.BytesIO, where: str) -> bool:
+    """Whether an encoded image is stored as grayscale (its mode, read from the header only)."""
+    try:
+        with Image.open(source) as im:
+            return im.mode in GRAY_MODES
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {where}: {exc}") from exc
+
+
 # ---------------------------------------------------------------------------------- image stores
 class ImageStore:
     """Images by key: ``keys`` (ordered) and ``get(key)`` giving uint8 RGB (H, W, 3) arrays."""
@@ -109,6 +122,12 @@ class ImageStore:
 
     def get(self, key: str) -> np.ndarray:
         """The image stored under ``key`` as uint8 RGB (H, W, 3)."""
+        raise NotImplementedError
+
+    def is_grayscale(self, key: str) -> bool:
+        """Whether the image of ``key`` is stored as grayscale (``get`` replicates it to 3 channels); metrics
+        then compare one channel, as ``ribsr evaluate`` does, while an RGB file stays RGB even if its channels
+        are equal."""
         raise NotImplementedError
 
     def describe(self, key: str) -> str:
@@ -206,6 +225,10 @@ class DiskStore(ImageStore):
         path = self.path(key)
         return _decode(str(path), str(path))
 
+    def is_grayscale(self, key: str) -> bool:
+        path = self.path(key)
+        return _source_is_gray(str(path), str(path))
+
 
 class MemoryStore(DiskStore):
     """Like :class:`DiskStore`, but every image is decoded once at construction and kept in memory."""
@@ -249,13 +272,19 @@ class LmdbStore(ImageStore):
             keys = [k for k in keys if k in wanted]
         self._set_keys(keys)
 
-    def get(self, key: str) -> np.ndarray:
+    def _bytes(self, key: str) -> bytes:
         self._check_key(key)
         with _lmdb_env(self.root).begin(write=False) as txn:
             buf = txn.get(key.encode("utf-8"))
         if buf is None:
             raise DataError(f"key {key!r} is listed in the meta_info of {self.root} but not stored in it")
-        return _decode(io.BytesIO(buf), self.describe(key))
+        return bytes(buf)
+
+    def get(self, key: str) -> np.ndarray:
+        return _decode(io.BytesIO(self._bytes(key)), self.describe(key))
+
+    def is_grayscale(self, key: str) -> bool:
+        return _source_is_gray(io.BytesIO(self._bytes(key)), self.describe(key))
 
 
 # One read-only environment per LMDB folder and process (LMDB forbids opening one twice in a process):
@@ -491,7 +520,8 @@ class PairedImageDataset(_SRDataset):
         if self.gt_size is None:
             i = self._validation_index(index)
             gt, lq = self._load_pair(i)
-            return {"lq": _to_tensor(lq), "gt": _to_tensor(gt), "key": self.gt_store.keys[i]}
+            key = self.gt_store.keys[i]
+            return {"lq": _to_tensor(lq), "gt": _to_tensor(gt), "key": key, "gray": self.gt_store.is_grayscale(key)}
         g = self._sample_index(index)
         i = self.sample_image(g)
         gt, lq = self._load_pair(i)
@@ -539,7 +569,8 @@ class DownsampleImageDataset(_SRDataset):
                 raise DataError(f"{self.gt_store.describe(key)}: a {gt.shape[1]}x{gt.shape[0]} (WxH) image is "
                                 f"smaller than the scale {s}")
             gt = gt[:h, :w]
-            return {"lq": _to_tensor(self._lr(gt)), "gt": _to_tensor(gt), "key": key}
+            return {"lq": _to_tensor(self._lr(gt)), "gt": _to_tensor(gt), "key": key,
+                    "gray": self.gt_store.is_grayscale(key)}
         g = self._sample_index(index)
         i = self.sample_image(g)
         key = self.gt_store.keys[i]

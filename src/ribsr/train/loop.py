@@ -526,7 +526,7 @@ class Trainer:
             item = dataset[i]
             sr = upscaler.upscale_tensor(item["lq"].unsqueeze(0).to(self.device))[0].float().clamp(0, 1).cpu()
             gt = item["gt"]
-            if torch.equal(gt[0], gt[1]) and torch.equal(gt[0], gt[2]):  # grayscale: compare one channel
+            if item["gray"]:  # a grayscale file: compare one channel, as ribsr evaluate does
                 sr, gt = sr.mean(0), gt[0]
             for name, m in metrics.items():
                 fn = psnr if m.type in ("calculate_psnr", "psnr") else ssim

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from ribsr.metrics import psnr, ssim
 from ribsr.model import SST
 from ribsr.model.sst import DEFAULT_BIAS_CACHE_BYTES
 from ribsr.train import data as train_data
-from ribsr.train.options import DatasetOptions, Options, OptionsError, SchedulerOptions, TrainOptions
+from ribsr.train.options import DatasetOptions, Options, SchedulerOptions, TrainOptions
 from ribsr.train.state import (
     ResumeError,
     latest_checkpoint,
@@ -162,20 +163,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions) -> lr_
 
 def _main_scheduler(optimizer: torch.optim.Optimizer, s: SchedulerOptions, warmup: int,
                     total_iter: int) -> lr_scheduler.LRScheduler:
-    if s.type in ("MultiStepLR", "MultiStepRestartLR"):
+    # The options already hold milestones after the warm-up, restart weights of 1 and BasicSR's names
+    # normalised (MultiStepRestartLR -> MultiStepLR); see ribsr.train.options.
+    if s.type == "MultiStepLR":
         # Step k of this scheduler is iteration t = warmup + 1 + k; BasicSR decays at iteration t = milestone.
         shifted = [m - warmup - 1 for m in s.milestones]
-        if any(m < 0 for m in shifted):
-            raise OptionsError([f"train.scheduler.milestones: must lie after warmup_iter {warmup}, got "
-                                f"{list(s.milestones)}"])
         return lr_scheduler.MultiStepLR(optimizer, milestones=shifted, gamma=s.gamma)
     if s.type == "CosineAnnealingLR":
         t_max = s.T_max if s.T_max is not None else total_iter - warmup
         return lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=s.eta_min)
     # CosineAnnealingRestartLR: one cosine per period, each restarting from the base learning rate.
-    if any(w != 1 for w in s.restart_weights):
-        raise OptionsError([f"train.scheduler.restart_weights: only restarts to the full learning rate (1) are "
-                            f"supported, got {list(s.restart_weights)}"])
     pieces = [lr_scheduler.CosineAnnealingLR(optimizer, T_max=p, eta_min=s.eta_min) for p in s.periods]
     if len(pieces) == 1:
         return pieces[0]
@@ -586,8 +583,6 @@ class Trainer:
 
     def _write_metrics(self, it: int, values: dict[str, float]) -> None:
         """Append to ``metrics.jsonl`` (one JSON object per line: iteration and values) for plots."""
-        import json
-
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"iteration": it, **values}) + "\n")
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ribsr.assets import DEFAULT_MODEL, default_model_path
 from ribsr.build import ConfigSpec, build_model, build_sst, resolve_config
-from ribsr.config import PRESETS, SSTConfig, preset
+from ribsr.config import PRESETS, SSTConfig, preset, preset_name
+from ribsr.hub import fetch
 from ribsr.model import SST
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,19 @@ def _strip_prefix(state: StateDict) -> StateDict:
     return state
 
 
-def read_checkpoint(path: str | Path) -> tuple[StateDict, SSTConfig | None]:
+def read_checkpoint(
+    path: str | Path, sha256: str | None = None, progress: bool = True
+) -> tuple[StateDict, SSTConfig | None]:
     """The state dict in a checkpoint file and the config it carries (None for the paper's files).
+
+    ``path`` may be an ``http(s)://`` URL, downloaded once into the torch.hub cache (see
+    :func:`ribsr.hub.fetch`); with ``sha256`` the file is checked against that hash.
 
     ``.pth``/``.pt``: a dict with ``params_ema`` and/or ``params`` (``params_ema`` preferred), or a bare
     state dict, optionally with ``module.`` prefixes; read with ``torch.load(weights_only=True)``.
     ``.safetensors``: our format, with the config in the metadata.
     """
-    path = Path(path)
+    path = fetch(path, sha256=sha256, progress=progress)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -182,6 +188,73 @@ def _check_fit(state: StateDict, config: SSTConfig, path: Path, original: StateD
     )
 
 
+_resize = resize_upsampler  # load_model's argument of that name shadows the function
+
+
+def _declared_scale(spec: ConfigSpec) -> int | None:
+    """The scale a config states itself: an SSTConfig's, a network_g's ``upscaling_factor`` (or ``scale``), an
+    option file's ``scale``; None for preset names and blocks without one (the dataclass default is no claim)."""
+    if isinstance(spec, SSTConfig):
+        return spec.scale
+    if isinstance(spec, Mapping):
+        data: Mapping = spec
+    elif preset_name(str(spec)) is not None:
+        return None
+    else:
+        import yaml
+
+        data = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))  # resolve_config has checked the file
+    block = data["network_g"] if isinstance(data.get("network_g"), Mapping) else data
+    for value in (block.get("upscaling_factor"), block.get("scale"), data.get("scale")):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _at_scale(
+    path: Path, state: StateDict, stored: SSTConfig | None, config: ConfigSpec | None, scale: int | None,
+    resize: bool,
+) -> tuple[SSTConfig, StateDict]:
+    """The config to build and the state dict to load: the scales of the weights, the config and ``scale``
+    must agree unless ``resize`` (then the upsampler is resized to the asked scale)."""
+    if config is None:
+        if stored is None:
+            fits = matching_presets(state)
+            hint = f" (its shapes fit: {', '.join(fits)}; window sizes are not stored in weights)" if fits else ""
+            raise CheckpointError(f"{path} carries no configuration; pass a config (preset name or YAML){hint}")
+        cfg, declared = stored, stored.scale
+    else:
+        cfg, declared = resolve_config(config), _declared_scale(config)
+    resizable = cfg.upsampler in ("pixelshuffle_direct", "pixelshuffle")
+    weights = stored.scale if stored is not None else checkpoint_scale(state, cfg.upsampler) if resizable else None
+    opt_in = "resize_upsampler=True (CLI: --resize-upsampler; the resized upsampler is untrained, for fine-tuning)"
+    if not resize:
+        if weights is not None and declared is not None and weights != declared:
+            raise CheckpointError(
+                f"{path} holds x{weights} weights, but its config says x{declared}; pass a config of x{weights}, "
+                f"or pass {opt_in}"
+            )
+        known = weights if weights is not None else declared
+        if scale is not None and known is not None and scale != known:
+            what = "weights" if weights is not None else "weights (by their config)"
+            raise CheckpointError(
+                f"{path} holds x{known} {what}, but scale {scale} (x{scale}) was asked for; ask for x{known}, "
+                f"or pass {opt_in}"
+            )
+    target = next((s for s in (scale, declared, weights) if s is not None), cfg.scale)
+    if cfg.scale != target:
+        cfg = cfg.replace(scale=target)
+    if resizable and weights is not None and weights != target:
+        if stored is not None:  # the upsampler's shape, not the metadata, is what gets resized
+            weights = checkpoint_scale(state, cfg.upsampler) or weights
+        resized = _resize(state, cfg.upsampler, weights, target)
+        _check_fit(resized, cfg, path, original=state)
+        log.warning("%s holds x%d weights: resized its upsampler to x%d (untrained)", path.name, weights, target)
+        return cfg, resized
+    _check_fit(state, cfg, path)
+    return cfg, state
+
+
 def load_model(
     path: str | Path,
     config: ConfigSpec | None = None,
@@ -189,6 +262,9 @@ def load_model(
     dtype: torch.dtype | None = None,
     attention: str = "auto",
     scale: int | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+    resize_upsampler: bool = False,
 ) -> SST:
     """An eval-mode SST with the weights of a checkpoint.
 
@@ -196,31 +272,21 @@ def load_model(
     trained with ``ribsr train`` (docs/models.md). ``config`` is a preset name, a ``network_g`` dict,
     the path of a YAML file, or an :class:`SSTConfig`; it may be omitted for our ``.safetensors`` files
     (they carry theirs).
-    ``scale`` overrides the config's scale. When the scale differs from the checkpoint's, the
-    upsampler is resized (see :func:`resize_upsampler`). ``dtype`` defaults to float32.
+    ``scale`` (default: the config's, else the weights') must equal the scale of the weights (stored in our
+    files, told by the upsampler's shape in others) and the scale the config states (YAML ``upscaling_factor``/
+    ``scale``, an ``SSTConfig``; preset names state none): a mismatch is a :class:`CheckpointError`.
+    ``resize_upsampler=True`` allows it, resizing the upsampler to ``scale`` (or the config's scale) as the
+    paper's code does for fine-tuning (see :func:`resize_upsampler`; the resized upsampler is untrained).
+    ``dtype`` defaults to float32.
+    ``path`` may be an ``http(s)://`` URL: downloaded once into ``torch.hub.get_dir()/checkpoints`` (with a
+    progress bar on a terminal unless ``progress`` is False) and read from there after; ``sha256``, when
+    given, is checked (see :func:`ribsr.hub.fetch`).
     """
     if str(path) == DEFAULT_MODEL and not Path(path).exists():
         path = default_model_path(scale or 2)
-    path = Path(path)
+    path = fetch(path, sha256=sha256, progress=progress)
     state, stored = read_checkpoint(path)
-    if config is None:
-        if stored is None:
-            fits = matching_presets(state)
-            hint = f" (its shapes fit: {', '.join(fits)}; window sizes are not stored in weights)" if fits else ""
-            raise CheckpointError(f"{path} carries no configuration; pass a config (preset name or YAML){hint}")
-        cfg = stored
-    else:
-        cfg = resolve_config(config, scale=scale)
-    if scale is not None and cfg.scale != scale:  # a stored config, at another scale
-        cfg = cfg.replace(scale=scale)
-    src_scale = checkpoint_scale(state, cfg.upsampler)
-    if cfg.upsampler in ("pixelshuffle_direct", "pixelshuffle") and src_scale not in (None, cfg.scale):
-        resized = resize_upsampler(state, cfg.upsampler, src_scale, cfg.scale)
-        _check_fit(resized, cfg, path, original=state)
-        log.warning("%s holds x%d weights: resized its upsampler to x%d", path.name, src_scale, cfg.scale)
-        state = resized
-    else:
-        _check_fit(state, cfg, path)
+    cfg, state = _at_scale(path, state, stored, config, scale, resize_upsampler)
     model = build_sst(cfg, attention=attention)
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype or torch.float32).eval()
@@ -267,11 +333,13 @@ def resolve_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     attention: str = "auto",
+    sha256: str | None = None,
+    progress: bool = True,
 ) -> SST:
-    """The model a ``--model`` option names: a checkpoint path, or None (or ``"default"``) for the bundled
-    model of ``scale`` (default 2)."""
+    """The model a ``--model`` option names: a checkpoint path or URL, or None (or ``"default"``) for the
+    bundled model of ``scale`` (default 2)."""
     return load_model(spec or DEFAULT_MODEL, config=config, device=device, dtype=dtype, attention=attention,
-                      scale=scale)
+                      scale=scale, sha256=sha256, progress=progress)
 
 
 def describe(model: SST) -> str:

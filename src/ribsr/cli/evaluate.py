@@ -31,8 +31,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model", metavar="MODEL", default=None,
-        help=f"checkpoint path, or '{BICUBIC}' for the bicubic baseline (default: the bundled model)",
+        help=f"checkpoint path or http(s) URL, or '{BICUBIC}' for the bicubic baseline (default: the bundled model)",
     )
+    p.add_argument("--sha256", default=None, metavar="HEX",
+                   help="expected SHA-256 of the model file (for a URL: checked before it enters the cache)")
     p.add_argument("--config", metavar="CONFIG", default=None,
                    help="preset name or YAML for checkpoints that carry no configuration")
     p.add_argument("--data", metavar="DIR", nargs="+", required=True, type=Path,
@@ -88,7 +90,8 @@ def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
     from ribsr.devices import parameter_place
     from ribsr.inference import Upscaler
 
-    model = resolve_model(args.model, config=args.config, scale=args.scale, device=args.device)
+    model = resolve_model(args.model, config=args.config, scale=args.scale, device=args.device, sha256=args.sha256,
+                          progress=not (getattr(args, "quiet", False) or args.no_progress))
     # Whole images unless --tile is given; Upscaler falls back to tiles (with a warning) only when
     # memory runs out.
     device, dtype = parameter_place(model)

@@ -72,7 +72,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("-o", "--output", default="results", metavar="OUT",
                    help="output folder (default: %(default)s)")
     p.add_argument("--model", default=None,
-                   help="checkpoint path (default: the bundled default model)")
+                   help="checkpoint path or http(s) URL, downloaded once into the torch.hub cache "
+                   "(default: the bundled default model)")
+    p.add_argument("--sha256", default=None, metavar="HEX",
+                   help="expected SHA-256 of the model file (for a URL: checked before it enters the cache)")
     p.add_argument("--config", default=None,
                    help="network configuration (preset name or YAML/JSON) for checkpoints without one")
     p.add_argument("--scale", type=int, default=None, help="upscaling factor (checked against the model)")
@@ -181,7 +184,8 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
 
     bundled = args.model is None or args.model == DEFAULT_MODEL
     scale = args.scale if bundled or args.config is not None else None
-    return resolve_model(args.model, config=args.config, scale=scale, device=device)
+    return resolve_model(args.model, config=args.config, scale=scale, device=device, sha256=args.sha256,
+                         progress=not getattr(args, "quiet", False))
 
 
 def _err(message: str) -> None:

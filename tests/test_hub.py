@@ -1,0 +1,211 @@
+"""Checkpoints by URL (ribsr.hub), against an HTTP server on 127.0.0.1 started by the test; never the internet."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from ribsr.build import build_model
+from ribsr.checkpoint import load_model, read_checkpoint, save_model
+from ribsr.cli import main
+from ribsr.hub import ChecksumError, DownloadError, cache_dir, cached_path, fetch, is_url
+
+TINY = dict(dim=24, window_sizes=(8, 16), num_heads=(3, 3), ranks=(4, 8), n_blocks=1, rib_hidden_dim=8, rib_n_freqs=2)
+
+
+class Server:
+    """Serves ``files`` (URL path -> bytes); counts the requests per path.
+
+    ``/short/NAME`` announces 100 more bytes than it sends (a truncated body), ``/page/NAME`` is sent as
+    text/html, any other path is a 404.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: Counter[str] = Counter()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+                server.requests[self.path] = server.requests[self.path] + 1
+                kind, _, name = self.path.lstrip("/").partition("/")
+                body = server.files.get("/" + name) if kind in ("short", "page") else server.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html" if kind == "page" else "application/octet-stream")
+                self.send_header("Content-Length", str(len(body) + (100 if kind == "short" else 0)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    """TORCH_HOME pointed at a fresh folder: the cache is tmp_path/torch/hub/checkpoints."""
+    home = tmp_path / "torch"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    """A small SST saved as our .safetensors (carrying its config)."""
+    model = build_model(dict(TINY), scale=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return save_model(model, tmp_path / "local" / "sst_tiny_x2.safetensors")
+
+
+def _cache_files(torch_home: Path) -> list[str]:
+    folder = torch_home / "hub" / "checkpoints"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_good_file_loads_as_the_local_file_and_is_downloaded_once(server, torch_home, checkpoint):
+    server.files["/models/sst_tiny_x2.safetensors"] = checkpoint.read_bytes()
+    url = server.url("/models/sst_tiny_x2.safetensors")
+
+    model = load_model(url, sha256=_sha256(checkpoint), progress=False)
+    local = load_model(checkpoint)
+    assert model.config == local.config and not model.training
+    state, ref = model.state_dict(), local.state_dict()
+    assert list(state) == list(ref) and all(torch.equal(state[k], ref[k]) for k in ref)
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), local(x))  # same weights, same code: bit for bit
+
+    cached = torch_home / "hub" / "checkpoints" / "sst_tiny_x2.safetensors"
+    assert cache_dir() == cached.parent and cached_path(url) == cached
+    assert cached.read_bytes() == checkpoint.read_bytes()
+    assert _cache_files(torch_home) == ["sst_tiny_x2.safetensors"]  # no temporary file left beside it
+    assert server.requests == {"/models/sst_tiny_x2.safetensors": 1}
+
+    load_model(url, progress=False)  # offline afterwards: no second request, with or without the hash
+    load_model(url, sha256=_sha256(checkpoint), progress=False)
+    assert server.requests == {"/models/sst_tiny_x2.safetensors": 1}
+
+
+def test_pth_by_url_with_a_config(server, torch_home, checkpoint, tmp_path):
+    """The paper's format (params_ema, no config) by URL: the cached name keeps .pth, so torch.load reads it."""
+    local = load_model(checkpoint)
+    pth = tmp_path / "SST_tiny_x2.pth"
+    torch.save({"params_ema": local.state_dict()}, pth)
+    server.files["/SST_tiny_x2.pth"] = pth.read_bytes()
+    model = load_model(server.url("/SST_tiny_x2.pth"), config=local.config, progress=False)
+    assert all(torch.equal(v, local.state_dict()[k]) for k, v in model.state_dict().items())
+    assert _cache_files(torch_home) == ["SST_tiny_x2.pth"]
+
+
+def test_wrong_hash_is_an_error_and_leaves_nothing(server, torch_home, checkpoint):
+    server.files["/sst_tiny_x2.safetensors"] = checkpoint.read_bytes()
+    url = server.url("/sst_tiny_x2.safetensors")
+    wrong = "0" * 64
+    with pytest.raises(ChecksumError) as info:
+        load_model(url, sha256=wrong, progress=False)
+    message = str(info.value)
+    assert url in message and f"expected {wrong}" in message and f"got {_sha256(checkpoint)}" in message
+    assert _cache_files(torch_home) == []
+
+
+def test_truncated_body_is_an_error_and_leaves_nothing(server, torch_home, checkpoint):
+    body = checkpoint.read_bytes()
+    server.files["/sst_tiny_x2.safetensors"] = body
+    url = server.url("/short/sst_tiny_x2.safetensors")
+    with pytest.raises(DownloadError) as info:
+        load_model(url, progress=False)
+    assert url in str(info.value) and f"received {len(body)} bytes of {len(body) + 100}" in str(info.value)
+    assert _cache_files(torch_home) == []
+
+
+def test_404_is_an_error_naming_the_status(server, torch_home):
+    url = server.url("/nothing/here.pth")
+    with pytest.raises(DownloadError, match="HTTP 404") as info:
+        load_model(url, config="light", progress=False)
+    assert url in str(info.value)
+    assert _cache_files(torch_home) == []
+
+
+def test_html_page_is_not_cached(server, torch_home, checkpoint):
+    server.files["/sst_tiny_x2.safetensors"] = checkpoint.read_bytes()
+    with pytest.raises(DownloadError, match="HTML page"):
+        fetch(server.url("/page/sst_tiny_x2.safetensors"), progress=False)
+    assert _cache_files(torch_home) == []
+
+
+def test_cached_copy_with_another_hash_is_refused_without_a_request(server, torch_home, checkpoint):
+    server.files["/sst_tiny_x2.safetensors"] = checkpoint.read_bytes()
+    url = server.url("/sst_tiny_x2.safetensors")
+    fetch(url, progress=False)
+    with pytest.raises(ChecksumError, match="cached copy"):
+        fetch(url, sha256="f" * 64, progress=False)
+    assert server.requests == {"/sst_tiny_x2.safetensors": 1}
+
+
+def test_local_path_with_sha256_is_checked(checkpoint):
+    assert fetch(checkpoint, sha256=_sha256(checkpoint).upper()) == checkpoint
+    with pytest.raises(ChecksumError, match=str(checkpoint)):
+        read_checkpoint(checkpoint, sha256="a" * 64)
+
+
+@pytest.mark.parametrize("bad", ["abc", "g" * 64, "0" * 63])
+def test_malformed_sha256_is_refused(checkpoint, bad):
+    with pytest.raises(ValueError, match="64 hexadecimal digits"):
+        fetch(checkpoint, sha256=bad)
+
+
+def test_url_must_name_a_file(torch_home):
+    assert is_url("https://example.invalid/x.pth") and is_url("HTTP://h/x.pth")
+    assert not is_url("models/x.pth") and not is_url(Path("http://h/x.pth")) and not is_url("file:///x.pth")
+    with pytest.raises(ValueError, match="names no file"):
+        cached_path("https://example.invalid/models/")
+
+
+def test_cli_info_and_upscale_take_a_url(server, torch_home, checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    server.files["/sst_tiny_x2.safetensors"] = checkpoint.read_bytes()
+    url = server.url("/sst_tiny_x2.safetensors")
+    assert main(["info", url, "--sha256", "1" * 64]) == 2
+    assert "SHA-256 mismatch" in capsys.readouterr().err and _cache_files(torch_home) == []
+
+    assert main(["-q", "info", url, "--sha256", _sha256(checkpoint)]) == 0
+    assert "presets that fit" in capsys.readouterr().out
+    image = tmp_path / "in.png"
+    Image.new("RGB", (12, 10), (40, 120, 200)).save(image)
+    assert main(["-q", "upscale", str(image), "-o", str(tmp_path / "out"), "--model", url, "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "out" / "in_x2.png").size == (24, 20)
+    assert server.requests == {"/sst_tiny_x2.safetensors": 2}  # the refused download, then one for info + upscale

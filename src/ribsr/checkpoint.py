@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -61,8 +61,8 @@ def read_checkpoint(
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
         config = None
-        if "ribsr_config" in meta:
-            config = SSTConfig.from_json(meta["ribsr_config"], source=f"{path} metadata")
+        if "ribsr_config" in meta:  # a JSON object of SSTConfig fields (ConfigError names the file and field)
+            config = SSTConfig.from_json(meta["ribsr_config"], source=f"{path}, metadata field 'ribsr_config'")
         return _strip_prefix(state), config
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -91,33 +91,93 @@ def _expected_shapes(config: SSTConfig) -> dict[str, tuple[int, ...]]:
 def checkpoint_scale(state: StateDict, upsampler: str) -> int | None:
     """The scale a checkpoint's upsampler was trained for (None if it cannot be told)."""
     w = state.get("upsampler.up_conv.weight")
-    if w is None:
+    if w is None or w.ndim != 4 or w.shape[1] == 0:
         return None
     ratio = w.shape[0] / 3 if upsampler == "pixelshuffle_direct" else w.shape[0] / w.shape[1]
     s = round(math.sqrt(ratio))
     return s if s * s == ratio else None
 
 
+_BLOCK_KEY = re.compile(r"body\.(\d+)\.0\.")  # the first layer of residual block N
+_LAYER_KEY = re.compile(r"body\.0\.(\d+)\.attn\.to_qkv\.")  # layer J of the first block
+
+
+def _shape(state: StateDict, key: str, ndim: int) -> tuple[int, ...] | None:
+    t = state.get(key)
+    return tuple(t.shape) if isinstance(t, torch.Tensor) and t.ndim == ndim else None
+
+
+def structure_problems(state: StateDict, config: SSTConfig) -> list[str]:
+    """The fields of ``config`` that a state dict's shapes contradict, found without building anything.
+
+    Checked: ``dim`` (``proj``), ``n_blocks`` (the residual blocks ``body.N``), the layers per block, and
+    for each layer of the first block its head count and rank (RIB, FlashBias, RPB tensors), its window size
+    where the weights hold one (RPB, FlashBias; RIB's weights do not) and its feed-forward width
+    (``exp_ratio``). Other disagreements show when the shapes are compared key by key.
+    """
+    p: list[str] = []
+    proj = _shape(state, "proj.weight", 4)
+    if proj is not None and proj[0] != config.dim:
+        p.append(f"dim: the config says {config.dim}, proj.weight has {proj[0]} output channels")
+    blocks = {int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))}
+    if len(blocks) != config.n_blocks:
+        p.append(f"n_blocks: the config says {config.n_blocks}, the weights hold {len(blocks)} residual block(s) "
+                 "(body.N.0.*)")
+    layers = {int(m.group(1)) for k in state if (m := _LAYER_KEY.match(k))}
+    if len(layers) != config.n_layers:
+        p.append(f"layers per block: the config has {config.n_layers} (window_sizes {list(config.window_sizes)}), "
+                 f"the first block of the weights {len(layers)} (body.0.J.attn.to_qkv)")
+        return p
+    for j, (ws, heads, rank) in enumerate(zip(config.window_sizes, config.num_heads, config.ranks, strict=True)):
+        pre = f"body.0.{j}.attn."
+        rpb = _shape(state, pre + "relative_position_bias", 2)  # (heads, (2 ws - 1)**2)
+        if rpb is not None and rpb[1] != (2 * ws - 1) ** 2:
+            side = math.isqrt(rpb[1])
+            told = f"a window of {(side + 1) // 2}" if side * side == rpb[1] and side % 2 else "no window size"
+            p.append(f"window_sizes[{j}]: the config says {ws}, {pre}relative_position_bias {rpb} is for {told}")
+        factors = _shape(state, pre + "flashbias_q", 3)  # (heads, ws * ws, rank)
+        if factors is not None and factors[1] != ws * ws:
+            p.append(f"window_sizes[{j}]: the config says {ws} ({ws * ws} tokens), {pre}flashbias_q {factors} "
+                     f"holds {factors[1]} tokens")
+        rib = _shape(state, pre + "to_q", 3)  # (heads, rib_hidden_dim, rank)
+        for key, shape in (("to_q", rib), ("flashbias_q", factors)):
+            if shape is not None and (shape[0], shape[2]) != (heads, rank):
+                p.append(f"num_heads[{j}], ranks[{j}]: the config says {heads}, {rank}; {pre}{key} {shape} says "
+                         f"{shape[0]}, {shape[2]}")
+        if rpb is not None and rpb[0] != heads:
+            p.append(f"num_heads[{j}]: the config says {heads}, {pre}relative_position_bias {rpb} says {rpb[0]}")
+        ffn = _shape(state, f"body.0.{j}.ffn.proj.weight", 4)
+        if ffn is not None and ffn[0] != config.ffn_hidden:
+            p.append(f"exp_ratio: the config's {config.exp_ratio} gives {config.ffn_hidden} feed-forward channels "
+                     f"(int(dim * exp_ratio)), body.0.{j}.ffn.proj.weight has {ffn[0]}")
+    return p
+
+
+def fitting_configs(state: StateDict, candidates: Iterable[SSTConfig]) -> list[SSTConfig]:
+    """The candidates whose parameter names and shapes equal the checkpoint's, in the candidates' order.
+
+    Window sizes are not stored in the weights: candidates that differ only in them fit alike.
+    """
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    # The cheap structure check first: building a candidate, even on the meta device, takes time.
+    return [c for c in candidates if not structure_problems(state, c) and _expected_shapes(c) == shapes]
+
+
 def matching_presets(state: StateDict) -> list[str]:
     """Preset names (with scale, e.g. ``light x2``) whose parameter names and shapes equal the checkpoint's."""
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    found = []
-    for name in PRESETS:
-        for scale in (2, 3, 4):
-            if _expected_shapes(preset(name, scale=scale)) == shapes:
-                found.append(f"{name} x{scale}")
-    return found
+    candidates = (preset(name, scale=scale) for name in PRESETS for scale in (2, 3, 4))
+    return [f"{config.name} x{config.scale}" for config in fitting_configs(state, candidates)]
 
 
 def describe_state(state: StateDict) -> str:
     """What a state dict's shapes tell about its network (window sizes are not among them)."""
     facts = []
-    if "proj.weight" in state:
-        facts.append(f"dim={state['proj.weight'].shape[0]}")
-    blocks = {int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.0\.", k))}
-    layers = {int(m.group(1)) for k in state if (m := re.match(r"body\.0\.(\d+)\.attn\.to_qkv", k))}
+    if (proj := _shape(state, "proj.weight", 4)) is not None:
+        facts.append(f"dim={proj[0]}")
+    blocks = {int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))}
+    layers = {int(m.group(1)) for k in state if (m := _LAYER_KEY.match(k))}
     facts.append(f"n_blocks={len(blocks)}, layers per block={len(layers)}")
-    heads = [tuple(state[f"body.0.{j}.attn.to_q"].shape) for j in sorted(layers) if f"body.0.{j}.attn.to_q" in state]
+    heads = [h for j in sorted(layers) if (h := _shape(state, f"body.0.{j}.attn.to_q", 3)) is not None]
     if heads:
         facts.append(f"num_heads={[h[0] for h in heads]}, ranks={[h[2] for h in heads]}, rib_hidden_dim={heads[0][1]}")
     kinds = {"upsampler.f_img.0.weight": "nn+conv", "upsampler.feature_conv.weight": "pixelshuffle"}
@@ -152,7 +212,26 @@ def resize_upsampler(state: StateDict, upsampler: str, from_scale: int, to_scale
     return state
 
 
+def _fit_hint(state: StateDict) -> str:
+    fits = matching_presets(state)
+    hint = f"\n  the checkpoint looks like: {describe_state(state)}"
+    return hint + (
+        f"\n  it fits preset(s): {', '.join(fits)}"
+        if fits
+        else "\n  no preset fits it; pass the network_g of the YAML file it was trained with"
+    )
+
+
 def _check_fit(state: StateDict, config: SSTConfig, path: Path, original: StateDict | None = None) -> None:
+    what = f"{config.name or ''}{' ' if config.name else ''}x{config.scale}"
+    # The fields the shapes contradict, found before anything is built: a config may claim far more than the
+    # file holds (n_blocks=64 for one block), and building it even on the meta device would take long.
+    structural = structure_problems(state, config)
+    if structural:
+        raise CheckpointError(
+            f"{path} does not fit the configuration {what}:\n" + "\n".join(f"  - {p}" for p in structural)
+            + _fit_hint(state if original is None else original)
+        )
     expected = _expected_shapes(config)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -171,20 +250,12 @@ def _check_fit(state: StateDict, config: SSTConfig, path: Path, original: StateD
         more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
         return f"\n  {title} ({len(items)}):\n{shown}{more}"
 
-    original = state if original is None else original
-    fits = matching_presets(original)
-    hint = f"\n  the checkpoint looks like: {describe_state(original)}"
-    hint += (
-        f"\n  it fits preset(s): {', '.join(fits)}"
-        if fits
-        else "\n  no preset fits it; pass the network_g of the YAML file it was trained with"
-    )
     raise CheckpointError(
-        f"{path} does not fit the configuration {config.name or ''}{' ' if config.name else ''}x{config.scale}:"
+        f"{path} does not fit the configuration {what}:"
         + listing("missing keys", missing)
         + listing("unexpected keys", unexpected)
         + listing("mis-shaped keys", misshaped)
-        + hint
+        + _fit_hint(state if original is None else original)
     )
 
 
@@ -335,11 +406,12 @@ def resolve_model(
     attention: str = "auto",
     sha256: str | None = None,
     progress: bool = True,
+    resize_upsampler: bool = False,
 ) -> SST:
     """The model a ``--model`` option names: a checkpoint path or URL, or None (or ``"default"``) for the
     bundled model of ``scale`` (default 2)."""
     return load_model(spec or DEFAULT_MODEL, config=config, device=device, dtype=dtype, attention=attention,
-                      scale=scale, sha256=sha256, progress=progress)
+                      scale=scale, sha256=sha256, progress=progress, resize_upsampler=resize_upsampler)
 
 
 def describe(model: SST) -> str:
@@ -351,6 +423,7 @@ def describe(model: SST) -> str:
 
 # build_model lives in ribsr.build; it stays importable from here for older imports.
 __all__ = [
-    "CheckpointError", "build_model", "checkpoint_scale", "convert_checkpoint", "describe", "load_model",
-    "matching_presets", "read_checkpoint", "resize_upsampler", "resolve_model", "save_model",
+    "CheckpointError", "build_model", "checkpoint_scale", "convert_checkpoint", "describe", "fitting_configs",
+    "load_model",
+    "matching_presets", "read_checkpoint", "resize_upsampler", "resolve_model", "save_model", "structure_problems",
 ]

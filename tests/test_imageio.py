@@ -7,7 +7,7 @@ import os
 import numpy as np
 import png
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from ribsr import imageio
 from ribsr.imageio import (
@@ -242,3 +242,95 @@ def test_read_array_gives_the_8bit_pixels_metrics_are_computed_on(tmp_path):
     gray_alpha = rng.integers(0, 256, (5, 6, 2)).astype(np.uint8)
     Image.fromarray(gray_alpha, "LA").save(tmp_path / "la.png")
     np.testing.assert_array_equal(imageio.read_array(tmp_path / "la.png"), gray_alpha[..., 0])  # stays (H, W)
+
+
+# ---------------------------------------------------------------------- 16-bit TIFF
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_16bit_tiff_keeps_16_bits_in_and_out(tmp_path, channels):
+    tifffile = pytest.importorskip("tifffile")
+    arr = RNG.integers(0, 65536, (9, 13, channels)).astype(np.uint16)
+    profile = b"\x00\x00\x01\x00fake-icc-profile" * 4
+    tifffile.imwrite(tmp_path / "in.tif", arr[..., 0] if channels == 1 else arr,
+                     photometric="minisblack" if channels <= 2 else "rgb",
+                     extrasamples=["unassalpha"] if channels in (2, 4) else None, iccprofile=profile)
+    img = read_image(tmp_path / "in.tif")
+    assert img.bit_depth == 16 and img.grayscale == (channels <= 2) and img.format == "TIFF"
+    assert (img.alpha is not None) == (channels in (2, 4)) and img.icc_profile == profile
+    color = np.rint(img.rgb * 65535).astype(np.uint16)
+    np.testing.assert_array_equal(color[..., :1] if channels <= 2 else color, arr[..., :1 if channels <= 2 else 3])
+    assert write_image(img, tmp_path / "out.tif", "TIFF") == []  # no note: nothing was lost
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        back = tif.pages[0].asarray()
+        assert tif.pages[0].tags[34675].value == profile
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, arr[..., 0] if channels == 1 else arr)
+
+
+def test_premultiplied_16bit_tiff_alpha_is_divided_out(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    rgba = np.zeros((2, 3, 4), np.uint16)
+    rgba[..., 3] = 32768  # half transparent
+    rgba[..., 0] = 16384  # premultiplied red: 0.25 / 0.5 = 0.5
+    tifffile.imwrite(tmp_path / "p.tif", rgba, photometric="rgb", extrasamples=["assocalpha"])
+    img = read_image(tmp_path / "p.tif")
+    np.testing.assert_allclose(img.rgb[..., 0], 16384 / 32768, atol=1e-6)
+    np.testing.assert_allclose(img.alpha, 32768 / 65535, atol=1e-6)
+
+
+def test_8bit_tiff_still_goes_through_pillow(tmp_path):
+    rgb = RNG.integers(0, 256, (5, 6, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "e.tif")
+    img = read_image(tmp_path / "e.tif")
+    assert img.bit_depth == 8 and img.mode == "RGB"
+    write_image(img, tmp_path / "o.tif", "TIFF")
+    with Image.open(tmp_path / "o.tif") as im:
+        assert im.mode == "RGB" and im.info.get("compression") == "tiff_lzw"
+        np.testing.assert_array_equal(np.asarray(im), rgb)
+
+
+# ---------------------------------------------------------------------- size limit and frames
+def test_declared_size_is_checked_before_decoding(tmp_path, monkeypatch):
+    Image.new("1", (12000, 12000)).save(tmp_path / "huge.png")  # 144 megapixels in ~18 KB
+    assert (tmp_path / "huge.png").stat().st_size < 100_000
+
+    def no_decoding(self):
+        raise AssertionError("decoded although too large")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(imageio.ImageTooLargeError, match=r"huge.png: 12000x12000 .*144,000,000 pixels") as err:
+        read_image(tmp_path / "huge.png", max_pixels=10**6)
+    assert err.value.size == (12000, 12000)
+    assert isinstance(err.value, ImageReadError)
+
+
+def test_16bit_files_are_size_checked_too(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((30, 40, 3), np.uint16), photometric="rgb")
+    write_png16(tmp_path / "p.png", np.zeros((30, 40, 3), np.uint16))
+    for name in ("t.tif", "p.png"):
+        with pytest.raises(imageio.ImageTooLargeError, match=f"{name}: 40x30"):
+            read_image(tmp_path / name, max_pixels=1199)
+        assert read_image(tmp_path / name, max_pixels=1200).size == (40, 30)
+
+
+def test_pillow_decompression_bomb_is_an_image_read_error(tmp_path, monkeypatch):
+    Image.new("RGB", (20, 20)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # errors above twice this
+    with pytest.raises(ImageReadError, match="bomb.png: refused without decoding"):
+        read_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("fmt,options", [("GIF", {}), ("PNG", {}), ("WEBP", {"lossless": True})])
+def test_animated_images_say_only_the_first_frame_is_used(tmp_path, fmt, options):
+    frames = [Image.new("RGB", (6, 4), (80 * i, 255 - 80 * i, 0)) for i in range(3)]
+    path = tmp_path / f"anim.{fmt.lower()}"
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=[100, 200, 300],
+                   loop=0, **options)
+    img = read_image(path)
+    assert img.frames == 3
+    assert any("3 frames" in n and "only the first frame" in n for n in img.notes)
+    np.testing.assert_allclose(img.rgb[0, 0], [0, 1, 0], atol=2 / 255)  # the first frame's colour
+    Image.new("RGB", (6, 4)).save(tmp_path / "still.gif")
+    still = read_image(tmp_path / "still.gif")
+    assert still.frames == 1 and not any("frame" in n for n in still.notes)

@@ -6,8 +6,10 @@ its alpha channel, its format and ICC profile, and notes about conversions the u
 of (palette, CMYK, ...). EXIF orientation is applied on reading. Writing is atomic: the image is
 written to a temporary file in the destination folder and renamed into place.
 
-Pillow reads 16-bit colour PNGs as 8-bit, so those (and only those) are read and written with
-pypng; 16-bit grayscale PNGs go through Pillow's ``I;16`` mode.
+Pillow reads 16-bit colour PNGs and TIFFs as 8-bit, so 16-bit colour PNGs are read and written
+with pypng and 16-bit TIFFs (gray or colour, with or without alpha) with tifffile; 16-bit grayscale
+PNGs go through Pillow's ``I;16`` mode. The size an image declares is checked before it is decoded
+(``max_pixels``), and of an animated or multi-page image only the first frame is read (with a note).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,6 +27,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# The first bytes of a TIFF file: little- and big-endian, classic and BigTIFF.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
 # Suffixes picked up when a folder is given as input.
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -32,6 +38,15 @@ IMAGE_SUFFIXES = frozenset(
 
 class ImageReadError(ValueError):
     """A file could not be read as an image (missing, corrupt, truncated or unsupported)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image declares more pixels than allowed; raised before its pixels are decoded."""
+
+    def __init__(self, path: Path, size: tuple[int, int], max_pixels: int) -> None:
+        self.path, self.size, self.max_pixels = path, size, max_pixels
+        super().__init__(f"{path}: {size[0]}x{size[1]} ({size[0] * size[1]:,} pixels) is more than the "
+                         f"{max_pixels:,} pixels allowed; not decoded")
 
 
 @dataclass
@@ -46,6 +61,7 @@ class DecodedImage:
     mode: str = "RGB"  # the mode of the source, as Pillow names it ("RGB;16" etc. for 16-bit colour PNG)
     icc_profile: bytes | None = None
     notes: list[str] = field(default_factory=list)
+    frames: int = 1  # frames (or pages) in the file; only the first one is read
 
     @property
     def size(self) -> tuple[int, int]:
@@ -112,7 +128,8 @@ FORMATS: dict[str, _Format] = {
                     options=(("quality", 95), ("subsampling", 0))),
     "WEBP": _Format(".webp", alpha=True, gray16=False, color16=False, options=(("quality", 95),)),
     "BMP": _Format(".bmp", alpha=False, gray16=False, color16=False),
-    "TIFF": _Format(".tif", alpha=True, gray16=True, color16=False, options=(("compression", "tiff_lzw"),)),
+    # 8-bit TIFF: Pillow with LZW; 16-bit TIFF: tifffile with Deflate (its LZW needs imagecodecs)
+    "TIFF": _Format(".tif", alpha=True, gray16=True, color16=True, options=(("compression", "tiff_lzw"),)),
 }
 
 
@@ -207,6 +224,61 @@ def _read_png16_color(path: Path) -> DecodedImage:
     return DecodedImage(rgb=rgb, alpha=alpha, bit_depth=16, grayscale=gray, format="PNG", mode=mode + ";16")
 
 
+def _read_tiff16(path: Path, max_pixels: int | None) -> tuple[DecodedImage, int | None] | None:
+    """A 16-bit unsigned gray or RGB TIFF (alpha optional) read with tifffile, and its orientation
+    tag; None for any other TIFF (left to Pillow). The declared size is checked before decoding."""
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception:  # not a TIFF tifffile can parse: Pillow reports the problem
+        return None
+    with tif:
+        page = tif.pages[0]
+        photometric = int(page.photometric)
+        if page.bitspersample != 16 or int(page.sampleformat) != 1 or photometric not in (1, 2):
+            return None  # 1 = BlackIsZero gray, 2 = RGB; 1 = unsigned integer samples
+        height, width = page.imagelength, page.imagewidth
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLargeError(path, (width, height), max_pixels)
+        data = page.asarray()
+        orientation_tag = page.tags.get(274)  # TIFF Orientation, as EXIF's
+        orientation = None if orientation_tag is None else int(orientation_tag.value)
+        icc_tag = page.tags.get(34675)  # InterColorProfile
+        icc = None if icc_tag is None else bytes(icc_tag.value)
+        frames = len(tif.pages)
+        axes = page.axes
+    if data.ndim == 2:
+        data = data[..., None]  # (H, W) -> (H, W, 1)
+    elif axes.startswith("S"):
+        data = np.moveaxis(data, 0, -1)  # planar (S, H, W) -> (H, W, S)
+    gray = photometric == 1
+    n_color = 1 if gray else 3
+    extras = tuple(int(e) for e in page.extrasamples)  # 0 unspecified, 1 premultiplied alpha, 2 alpha
+    notes = []
+    samples = data.astype(np.float32) / 65535
+    alpha = None
+    if extras and extras[0] in (1, 2) and samples.shape[2] > n_color:
+        alpha = samples[..., n_color].copy()
+        if extras[0] == 1:  # premultiplied: divide the colour by alpha where it is not 0
+            np.divide(samples[..., :n_color], alpha[..., None], out=samples[..., :n_color],
+                      where=alpha[..., None] > 0)
+            np.clip(samples, 0, 1, out=samples)
+    if samples.shape[2] > n_color + (alpha is not None):
+        notes.append(f"{samples.shape[2] - n_color - (alpha is not None)} extra TIFF sample(s) dropped")
+    kind = ("LA" if alpha is not None else "L") if gray else ("RGBA" if alpha is not None else "RGB")
+    img = DecodedImage(rgb=_rgb(samples, gray), alpha=alpha, bit_depth=16, grayscale=gray, format="TIFF",
+                       mode=kind + ";16", icc_profile=icc, notes=notes,
+                       frames=frames)
+    return img, orientation
+
+
+def _tiff_bits(im: Image.Image) -> tuple[int, ...]:
+    """Bits per sample a TIFF opened by Pillow declares (empty for other formats)."""
+    bits = getattr(im, "tag_v2", {}).get(258, ()) if im.format == "TIFF" else ()
+    return bits if isinstance(bits, tuple) else (bits,)
+
+
 def apply_orientation(img: DecodedImage, orientation: int | None) -> DecodedImage:
     """The image turned upright according to an EXIF orientation value (1-8; others ignored)."""
     turn = _ORIENT.get(orientation or 1)
@@ -217,31 +289,55 @@ def apply_orientation(img: DecodedImage, orientation: int | None) -> DecodedImag
     return img.with_pixels(rgb, alpha)
 
 
-def read_image(path: str | os.PathLike[str]) -> DecodedImage:
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> DecodedImage:
     """Read an image file (PNG, JPEG, WebP, BMP, TIFF, GIF, ...) with EXIF orientation applied.
 
-    Raises :class:`ImageReadError` naming the file when it is missing, corrupt, truncated or of
-    an unsupported kind.
+    16-bit PNG and TIFF images keep their 16 bits. Of an animated or multi-page image only the
+    first frame is read, with a note saying how many frames there are (``frames``). With
+    ``max_pixels``, an image that declares more pixels raises :class:`ImageTooLargeError` before
+    any pixel is decoded (Pillow's own decompression-bomb warning is then not shown; its error, at
+    twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies). Raises :class:`ImageReadError` naming
+    the file when it is missing, corrupt, truncated, too large or of an unsupported kind.
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            header = _png_header(f.read(26))
-        with Image.open(path) as im:
-            orientation = im.getexif().get(_EXIF_ORIENTATION)
-            if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
-                icc = im.info.get("icc_profile")
-                img = _read_png16_color(path)
-                img.icc_profile = icc
-            else:
-                im.load()  # decode now so that truncated or corrupt data fails here
-                img = from_pil(im)
+            head = f.read(26)
+        header = _png_header(head)
+        tiff16 = _read_tiff16(path, max_pixels) if head[:4] in _TIFF_MAGIC else None
+        if tiff16 is not None:
+            img, orientation = tiff16
+        else:
+            with warnings.catch_warnings():
+                if max_pixels is not None:  # the size is checked here instead
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
+            with im:
+                if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+                    raise ImageTooLargeError(path, im.size, max_pixels)
+                orientation = im.getexif().get(_EXIF_ORIENTATION)
+                if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
+                    icc = im.info.get("icc_profile")
+                    img = _read_png16_color(path)
+                    img.icc_profile = icc
+                else:
+                    im.load()  # decode now so that truncated or corrupt data fails here
+                    img = from_pil(im)
+                    if 16 in _tiff_bits(im) and img.bit_depth == 8:
+                        img.notes.append("16-bit TIFF of a kind read only with 8 bits (Pillow); precision lost")
+                img.frames = getattr(im, "n_frames", 1)
+        if img.frames > 1:
+            img.notes.append(f"{img.frames} frames (animated or multi-page image): only the first frame is used")
+    except ImageReadError:
+        raise
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageReadError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a recognised image file") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{path}: refused without decoding: {exc}") from None
     except Exception as exc:  # Pillow and pypng raise many types (OSError, SyntaxError, png.Error, ...)
         raise ImageReadError(f"{path}: cannot read image: {exc}") from exc
     return apply_orientation(img, orientation)
@@ -322,6 +418,17 @@ def _write_png16(img: DecodedImage, f: BinaryIO) -> None:
     png.write_chunks(f, chunks)
 
 
+def _write_tiff16(img: DecodedImage, f: BinaryIO) -> None:
+    """A 16-bit TIFF (gray or RGB, alpha kept as unassociated alpha) with tifffile, Deflate-compressed."""
+    import tifffile
+
+    planes = _quantize(_planes(img, keep_alpha=True), 16)  # (H, W, C), C = 1 gray, 2 gray+alpha, 3 or 4
+    n = planes.shape[2]
+    tifffile.imwrite(f, planes[..., 0] if n == 1 else planes, photometric="minisblack" if n <= 2 else "rgb",
+                     planarconfig=None if n == 1 else "contig", extrasamples=["unassalpha"] if n in (2, 4) else None,
+                     compression="zlib", iccprofile=img.icc_profile or None)
+
+
 def output_format(img: DecodedImage, fmt: str) -> str:
     """The Pillow format to write: ``fmt`` is ``"png"``, ``"same"`` (the input's) or a format name."""
     name = img.format if fmt.lower() == "same" else fmt
@@ -340,6 +447,9 @@ def _encode(img: DecodedImage, fmt: str, f: BinaryIO) -> list[str]:
     if img.bit_depth == 16:
         if fmt == "PNG" and (not img.grayscale or has_alpha):
             _write_png16(img, f)
+            return notes
+        if fmt == "TIFF":
+            _write_tiff16(img, f)
             return notes
         fits = spec.gray16 if (img.grayscale and not (has_alpha and spec.alpha)) else spec.color16
         if not fits:
@@ -373,10 +483,11 @@ def write_image(
         raise FileExistsError(f"{path} exists (use overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    # O_EXCL: never reuse someone else's file; 0o666 so that the umask applies as for any new file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    # "x" (O_EXCL): never reuse someone else's file; created 0o666 less the umask, as any new file.
+    # Opened by name so that writers which want the file's name (tifffile) get it.
+    f = open(tmp, "xb")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             notes = _encode(img, fmt, f)
             f.flush()
             os.fsync(f.fileno())

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from ribsr.build import build_model, build_sst
 from ribsr.checkpoint import (
@@ -140,12 +141,12 @@ def test_truncated_safetensors(tmp_path):
 
 
 @pytest.mark.parametrize("upsampler", ["pixelshuffle_direct", "pixelshuffle"])
-def test_scale_change_resizes_upsampler(tmp_path, upsampler, caplog):
+def test_scale_change_resizes_upsampler_when_asked(tmp_path, upsampler, caplog):
     cfg2 = SSTConfig(**TINY, upsampler=upsampler, intermediate_dim=16, scale=2)
     model = _perturbed(build_sst(cfg2))
     path = _paper_file(tmp_path, model.state_dict())
     with caplog.at_level("WARNING"):
-        m3 = load_model(path, config=cfg2.replace(scale=3))
+        m3 = load_model(path, config=cfg2.replace(scale=3), resize_upsampler=True)
     assert "x2" in caplog.text and "x3" in caplog.text
     assert m3.config.scale == 3
     assert checkpoint_scale(m3.state_dict(), upsampler) == 3
@@ -155,6 +156,62 @@ def test_scale_change_resizes_upsampler(tmp_path, upsampler, caplog):
             assert torch.equal(v, model.state_dict()[k]), k
     with torch.no_grad():
         assert m3(torch.rand(1, 3, 9, 10)).shape == (1, 3, 27, 30)
+
+
+def _x2_files(tmp_path):
+    """One x2 network saved as every kind of checkpoint: (model, {kind: (path, config spec or None)})."""
+    cfg = SSTConfig(**TINY, scale=2)
+    model = _perturbed(build_sst(cfg))
+    ours = save_model(model, tmp_path / "ours_x2.safetensors")
+    paper = tmp_path / "paper_x2.pth"
+    torch.save({"params_ema": model.state_dict()}, paper)
+    bare = tmp_path / "bare_x2.pth"
+    torch.save(model.state_dict(), bare)
+    yml = tmp_path / "net_x2.yml"
+    yml.write_text(yaml.safe_dump({"scale": 2, "network_g": cfg.to_network_g()}))
+    return model, {"safetensors": (ours, None), "paper+yaml": (paper, yml), "paper+dict": (paper, cfg.to_network_g()),
+                   "bare+config": (bare, cfg)}
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "paper+yaml", "paper+dict", "bare+config"])
+def test_another_scale_than_the_weights_is_an_error(tmp_path, kind):
+    """scale=3 with x2 weights is refused (never a silently resized, untrained upsampler), naming the file,
+    both scales and the opt-in; the real loader on real files."""
+    _, files = _x2_files(tmp_path)
+    path, config = files[kind]
+    with pytest.raises(CheckpointError) as info:
+        load_model(path, config=config, scale=3)
+    msg = str(info.value)
+    assert path.name in msg and "x2" in msg and "x3" in msg and "resize_upsampler=True" in msg, msg
+
+
+def test_a_config_of_another_scale_than_the_weights_is_an_error(tmp_path):
+    model, files = _x2_files(tmp_path)
+    paper, _ = files["paper+yaml"]
+    yml = tmp_path / "net_x3.yml"
+    yml.write_text(yaml.safe_dump({"network_g": model.config.replace(scale=3).to_network_g()}))
+    for config in (yml, model.config.replace(scale=3), model.config.replace(scale=3).to_network_g()):
+        with pytest.raises(CheckpointError, match=r"paper_x2\.pth.*x2.*x3.*resize_upsampler=True"):
+            load_model(paper, config=config)
+
+
+def test_a_config_without_a_scale_takes_the_weights_scale(tmp_path):
+    # a network_g without upscaling_factor (like a preset name) carries no scale: x3 weights load at x3, unchanged
+    model = _perturbed(build_sst(SSTConfig(**TINY, scale=3)))
+    path = _paper_file(tmp_path, model.state_dict())
+    net_g = {k: v for k, v in model.config.to_network_g().items() if k != "upscaling_factor"}
+    loaded = load_model(path, config=net_g)
+    assert loaded.config.scale == 3
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
+def test_the_same_scale_and_the_opt_in_load(tmp_path):
+    model, files = _x2_files(tmp_path)
+    for path, config in files.values():
+        assert load_model(path, config=config, scale=2).config.scale == 2
+        resized = load_model(path, config=config, scale=3, resize_upsampler=True)
+        assert resized.config.scale == 3 and checkpoint_scale(resized.state_dict(), "pixelshuffle_direct") == 3
 
 
 def test_resize_upsampler_identity_and_constant_grid():

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from ribsr.checkpoint import load_model
+from ribsr.checkpoint import CheckpointError, load_model
 
 TOL = 1e-4  # max abs difference from the oracle's output; the paper's bfloat16 attention often exceeds it
 ATTENTION_PATHS = ("reference", "bias", "concat")
@@ -28,8 +28,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def max_abs_diff(fixtures: Path, name: str, case: dict[str, Any], attention: str) -> float:
-    """Load the case's checkpoint with its network_g, run its input, return max |ours - oracle|."""
-    model = load_model(fixtures / case.get("checkpoint", f"{name}.pth"), config=case["network_g"], attention=attention)
+    """Load the case's checkpoint with its network_g, run its input, return max |ours - oracle|.
+
+    A case that loads another case's checkpoint is a scale change (x2 weights in an x3/x4 network_g): it
+    asks for the upsampler resizing by name, as fine-tuning does."""
+    checkpoint = case.get("checkpoint", f"{name}.pth")
+    model = load_model(fixtures / checkpoint, config=case["network_g"], attention=attention,
+                       resize_upsampler=checkpoint != f"{name}.pth")
     io = torch.load(fixtures / f"{name}_io.pt", weights_only=True)
     assert list(io["input"].shape) == case["input_shape"]
     with torch.inference_mode():
@@ -58,6 +63,20 @@ def test_matches_shared_fixture(shared_dir: Path, attention: str) -> None:
         diff = max_abs_diff(fixtures, name, case, attention)
         assert diff <= TOL, f"shared {name} ({attention}): max abs diff {diff:.3g} > {TOL:g}"
         assert diff < case["official_bf16_max_abs_dev"]
+
+
+# Scale-change cases whose weights tell their scale (nn+conv heads of x2 and x3 have the same shapes).
+RESIZED_CASES = sorted(
+    n for n, c in CASES.items() if c["checkpoint"] != f"{n}.pth" and c["network_g"]["upsampler_type"] != "nn+conv"
+)
+
+
+@pytest.mark.parametrize("name", RESIZED_CASES)
+def test_scale_change_cases_need_the_opt_in(name: str) -> None:
+    # x2 weights in an x3/x4 network_g are refused unless the resizing is asked for by name
+    case = CASES[name]
+    with pytest.raises(CheckpointError, match=r"holds x2 weights, but its config says x[34].*resize_upsampler=True"):
+        load_model(OFFICIAL / case["checkpoint"], config=case["network_g"])
 
 
 def test_fixture_weights_have_no_zeros() -> None:

@@ -51,9 +51,11 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"no cases.json in fixture folder {root}")
         for name, case in json.loads(cases_file.read_text()).items():
             io = torch.load(root / f"{name}_io.pt", weights_only=True)
+            checkpoint = case.get("checkpoint", f"{name}.pth")
             for attention in args.attention:
-                model = load_model(root / case.get("checkpoint", f"{name}.pth"), config=case["network_g"],
-                                   attention=attention)
+                # a case that loads another case's checkpoint is a scale change: the resizing is asked for
+                model = load_model(root / checkpoint, config=case["network_g"], attention=attention,
+                                   resize_upsampler=checkpoint != f"{name}.pth")
                 start = time.perf_counter()
                 with torch.no_grad():
                     out = model(io["input"])

@@ -307,11 +307,14 @@ def test_dtype_auto_is_float32_on_cpu(window_model):
 
 
 # ---------------------------------------------------------------------- kinds of images
-def test_upscale_tensor_keeps_rank_dtype_and_clips(nearest_model):
+def test_upscale_tensor_keeps_rank_dtype_and_clips(nearest_model, window_model):
     up = Upscaler(nearest_model(), tile=32)
-    x = smooth_image(40, 30)[0].double() * 1.5  # values above 1
+    x = smooth_image(40, 30)[0].double()
     y = up.upscale(x)
-    assert y.shape == (3, 80, 60) and y.dtype == torch.float64 and y.max() <= 1
+    assert y.shape == (3, 80, 60) and y.dtype == torch.float64
+    bright = torch.full((1, 3, 32, 32), 0.99)
+    assert window_model()(bright).max() > 1  # this network overshoots; the upscaler clips
+    assert Upscaler(window_model(), tile=0).upscale(bright).max() <= 1
     assert up.upscale(torch.rand(2, 3, 8, 8)).shape == (2, 3, 16, 16)
     with pytest.raises(ValueError, match="tensor"):
         up.upscale(torch.rand(4, 8, 8))
@@ -339,6 +342,40 @@ def test_upscale_pil_keeps_the_mode(nearest_model, mode):
     out = Upscaler(nearest_model(), tile=0).upscale(im)
     assert out.mode == mode and out.size == (20, 24)
     np.testing.assert_array_equal(np.asarray(out)[::2, ::2], np.asarray(im))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tensor"])
+def test_non_finite_input_is_refused_with_count_and_position(nearest_model, kind):
+    arr = np.random.default_rng(0).random((12, 10, 3)).astype(np.float32)
+    arr[3, 4, 1] = np.nan
+    arr[5, 6, 0] = np.inf
+    arr[7, 8, 2] = -np.inf
+    image = arr if kind == "numpy" else torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W)
+    where = "row 3, column 4, channel 1" if kind == "numpy" else "channel 0, row 5, column 6"
+    with pytest.raises(ValueError, match=rf"3 non-finite values \(1 NaN, 2 inf\).*first at {where}"):
+        Upscaler(nearest_model(), tile=0).upscale(image)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tensor"])
+def test_float_input_outside_0_1_is_refused_with_the_range_found(nearest_model, kind):
+    arr = np.random.default_rng(0).integers(0, 256, (12, 10, 3)).astype(np.float32)  # 0..255 as floats
+    image = arr if kind == "numpy" else torch.from_numpy(arr).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    with pytest.raises(ValueError, match=r"ranges over \[0, 255\].*expected \[0, 1\].*255"):
+        Upscaler(nearest_model(), tile=0).upscale(image)
+    negative = np.full((12, 10), -0.5, np.float64)
+    with pytest.raises(ValueError, match=r"ranges over \[-0.5, -0.5\]"):
+        Upscaler(nearest_model(), tile=0).upscale(negative)
+    slight = np.clip(arr / 255, 0, 1) + 0.005  # rounding-sized excursions are clipped, not refused
+    assert Upscaler(nearest_model(), tile=0).upscale(slight).max() <= 1
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((0, 0, 3), np.uint8), np.zeros((5, 0), np.float32), torch.zeros(1, 3, 0, 4),
+    torch.zeros(0, 3, 4, 4), Image.new("RGB", (0, 0)),
+], ids=["numpy 0x0", "numpy 5x0", "tensor 0x4", "tensor empty batch", "PIL 0x0"])
+def test_empty_images_are_refused(nearest_model, image):
+    with pytest.raises(ValueError, match="empty image"):
+        Upscaler(nearest_model(), tile=0).upscale(image)
 
 
 def test_alpha_is_upscaled_with_bicubic_imresize(nearest_model):

@@ -44,17 +44,60 @@ from ribsr.tiling import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BIAS_CACHE_SHARE", "DTYPES", "GIB", "MODELLED_BYTES_PER_PIXEL_PER_CHANNEL", "MemoryCost", "ModelInfo",
-    "Progress", "TileLayout", "Upscaler", "available_memory", "axis_weights", "batch_that_fits", "choose_tiling",
-    "dihedral", "fits_untiled", "image_buffer_bytes", "is_out_of_memory", "measure_memory_cost", "model_geometry",
-    "model_info", "modelled_memory_cost", "parameter_place", "resolve_device", "resolve_dtype", "tile_layout",
-    "tiled_forward",
+    "BIAS_CACHE_SHARE", "DTYPES", "GIB", "MODELLED_BYTES_PER_PIXEL_PER_CHANNEL", "RANGE_TOLERANCE", "MemoryCost",
+    "ModelInfo", "Progress", "TileLayout", "Upscaler", "available_memory", "axis_weights", "batch_that_fits",
+    "check_pixels", "choose_tiling", "dihedral", "fits_untiled", "image_buffer_bytes", "is_out_of_memory",
+    "measure_memory_cost", "model_geometry", "model_info", "modelled_memory_cost", "parameter_place",
+    "resolve_device", "resolve_dtype", "tile_layout", "tiled_forward",
 ]
 
 ImageT = TypeVar("ImageT")
 
 # Share of a --max-memory budget given to the model's cache of dense positional biases.
 BIAS_CACHE_SHARE = 0.25
+
+# How far float pixels may lie outside [0, 1] and still be taken (and clipped): rounding and mild
+# resampling overshoot; 0..255 data, or -1..1 normalised data, is refused.
+RANGE_TOLERANCE = 0.01
+
+# Names of the axes of an input, by kind and rank, for error messages.
+_AXES = {("numpy", 2): ("row", "column"), ("numpy", 3): ("row", "column", "channel"),
+         ("tensor", 3): ("channel", "row", "column"), ("tensor", 4): ("image", "channel", "row", "column")}
+
+
+def check_pixels(image: np.ndarray | torch.Tensor) -> None:
+    """Raise ValueError for an input no network should get: an empty image, NaN or infinite values,
+    or floats outside [0, 1] (beyond :data:`RANGE_TOLERANCE`). Integer arrays are only checked for
+    emptiness. numpy images are (H, W) or (H, W, C); tensors (C, H, W) or (B, C, H, W)."""
+    kind = "tensor" if isinstance(image, torch.Tensor) else "numpy"
+    shape = tuple(image.shape)
+    if image.ndim >= 2 and 0 in shape:
+        raise ValueError(f"empty image: the {kind} input of shape {shape} has no pixels")
+    is_float = torch.is_floating_point(image) if kind == "tensor" else np.issubdtype(image.dtype, np.floating)
+    if not is_float:
+        return
+    if kind == "tensor":
+        finite = torch.isfinite(image)
+        n_bad = int(finite.numel() - finite.sum())
+        if n_bad:
+            first = tuple(int(i) for i in torch.nonzero(~finite)[0])
+            n_nan = int(torch.isnan(image).sum())
+    else:
+        finite = np.isfinite(image)
+        n_bad = int(finite.size - np.count_nonzero(finite))
+        if n_bad:
+            first = tuple(int(i) for i in np.argwhere(~finite)[0])
+            n_nan = int(np.count_nonzero(np.isnan(image)))
+    if n_bad:
+        names = _AXES.get((kind, len(first)), ("index",) * len(first))
+        where = ", ".join(f"{name} {i}" for name, i in zip(names, first, strict=True))
+        raise ValueError(f"{n_bad} non-finite value{'s' if n_bad != 1 else ''} ({n_nan} NaN, {n_bad - n_nan} inf) "
+                         f"in the {kind} input of shape {shape}, the first at {where}; the network would turn "
+                         f"the whole image into NaN")
+    low, high = float(image.min()), float(image.max())
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        raise ValueError(f"float input ranges over [{low:g}, {high:g}]; expected [0, 1] (8-bit data: divide by "
+                         f"255 or pass uint8; 16-bit data: divide by 65535 or pass uint16)")
 
 
 def model_geometry(model: nn.Module) -> tuple[int, int]:
@@ -235,16 +278,19 @@ class Upscaler:
     # ------------------------------------------------------------------ public API
     def upscale_tensor(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         """(3, h, w) or (B, 3, h, w) floating tensor in [0, 1] -> same rank, dtype and device,
-        ``scale`` times larger, clipped to [0, 1]."""
+        ``scale`` times larger, clipped to [0, 1]. Raises ValueError as :func:`check_pixels`."""
         if not torch.is_floating_point(x) or x.ndim not in (3, 4) or x.shape[-3] != 3:
             raise ValueError(f"expected a floating (3, H, W) or (B, 3, H, W) tensor, got "
                              f"{tuple(x.shape)} {x.dtype}")
+        check_pixels(x)
         batch = x if x.ndim == 4 else x[None]
         y = self._forward(batch.float(), progress).clamp_(0, 1)
         return (y if x.ndim == 4 else y[0]).to(x.dtype)
 
     def upscale_decoded(self, img: DecodedImage, progress: Progress | None = None) -> DecodedImage:
         """Upscale a decoded image: RGB through the model, alpha with bicubic ``imresize``."""
+        if img.rgb.size == 0:
+            raise ValueError(f"empty image: {img.size[0]}x{img.size[1]} pixels")
         x = torch.from_numpy(img.rgb).permute(2, 0, 1)[None]  # (H, W, 3) -> (1, 3, H, W)
         y = self._forward(x, progress).clamp_(0, 1)
         rgb = y[0].permute(1, 2, 0).numpy()  # (3, sH, sW) -> (sH, sW, 3), a view
@@ -260,7 +306,8 @@ class Upscaler:
         tensor (see :meth:`upscale_tensor`); returns the same kind.
 
         Grayscale stays grayscale and alpha is kept (upscaled bicubically). PIL palette and CMYK
-        images come back as RGB(A); floats are clipped to [0, 1].
+        images come back as RGB(A); floats are clipped to [0, 1]. Raises ValueError for an empty
+        image, NaN or infinite values, and floats outside [0, 1] (:func:`check_pixels`).
         """
         from PIL import Image
 
@@ -269,6 +316,7 @@ class Upscaler:
         if isinstance(image, Image.Image):
             return to_pil(self.upscale_decoded(from_pil(image), progress))  # type: ignore[return-value]
         if isinstance(image, np.ndarray):
+            check_pixels(image)
             channels = 0 if image.ndim == 2 else image.shape[2]
             out = self.upscale_decoded(from_array(image), progress)
             return to_array(out, image.dtype, channels)  # type: ignore[return-value]

@@ -135,6 +135,30 @@ def test_load_lr_prefers_files_and_checks_their_size(tiny_dataset):
         load_lr(tiny_dataset, "colour", hr, 2)
 
 
+def test_lr_files_that_match_no_hr_image_are_an_error(tiny_dataset):
+    """An LR_bicubic/X2 folder whose names follow another rule is not silently replaced by imresize."""
+    lr_dir = tiny_dataset / "LR_bicubic" / "X2"
+    lr_dir.mkdir(parents=True)
+    for name in ("colour", "gray", "extra"):  # named as the HR images (the DIV2K-style "x2" left out)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lr_dir / f"{name}.png")
+    (lr_dir / ".DS_Store").write_bytes(b"")  # not an image: ignored
+    with pytest.raises(ValueError) as info:
+        evaluate(bicubic_upscaler(2), [tiny_dataset], 2)
+    msg = str(info.value)
+    assert str(lr_dir) in msg and "colour.png" in msg and "gray.png" in msg and "3 LR files" in msg
+    assert "<name>x2.png" in msg and "colourx2.png" in msg  # the rule, with an example
+    with pytest.raises(ValueError, match="match no HR image"):
+        evaluate_dataset(bicubic_upscaler(2), tiny_dataset, 2)
+    # one matching file and no stray ones: the others fall back to imresize ("mixed"), as documented
+    for name in ("colour", "gray", "extra"):
+        (lr_dir / f"{name}.png").unlink()
+    hr = mod_crop(load_image(tiny_dataset / "HR" / "colour.png"), 2)
+    Image.fromarray(imresize(hr, 0.5)).save(lr_dir / "colourx2.png")
+    assert evaluate_dataset(bicubic_upscaler(2), tiny_dataset, 2)["lr_source"] == "mixed"
+    # the folder of another scale is not looked at
+    assert evaluate_dataset(bicubic_upscaler(3), tiny_dataset, 3)["lr_source"] == "imresize"
+
+
 # --------------------------------------------------------------------------- the evaluation loop
 def test_evaluate_dataset_with_a_model(tiny_dataset, tmp_path):
     model = StandIn(2)

@@ -3,7 +3,8 @@
 Conventions (those of the SR literature; see ``docs/evaluation.md``): the HR image is
 mod-cropped (top-left crop to a multiple of the scale); the LR input is
 ``<dataset>/LR_bicubic/X{s}/{name}x{s}.png`` when that file exists, else MATLAB-style
-``imresize(HR, 1/s)`` (symmetric boundary) of the mod-cropped HR; the SR output is rounded to
+``imresize(HR, 1/s)`` (symmetric boundary) of the mod-cropped HR (LR files that match no HR image are an
+error, not ignored); the SR output is rounded to
 uint8; PSNR/SSIM are on the Y channel with ``crop_border = s`` unless told otherwise.
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "UpscaleFn",
     "bicubic_upscaler",
+    "check_lr_files",
     "evaluate",
     "evaluate_dataset",
     "find_hr_images",
@@ -77,6 +79,31 @@ def find_hr_images(folder: str | Path) -> list[Path]:
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {hr_dir}")
     return files
+
+
+def check_lr_files(folder: str | Path, scale: int, hr_files: Sequence[Path] | None = None) -> None:
+    """Raise ValueError when ``folder/LR_bicubic/X{scale}`` holds image files that match no HR image.
+
+    The LR input of ``HR/{name}.*`` is ``LR_bicubic/X{scale}/{name}x{scale}.png``; an LR file named otherwise
+    would be ignored (and the HR image's LR made by imresize instead), so it is an error naming a few of them.
+    """
+    lr_dir = Path(folder) / "LR_bicubic" / f"X{scale}"
+    if not lr_dir.is_dir():
+        return
+    hr_files = find_hr_images(folder) if hr_files is None else hr_files
+    expected = {f"{p.stem}x{scale}.png" for p in hr_files}
+    stray = sorted(
+        p.name for p in lr_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.name not in expected
+    )
+    if stray:
+        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        example = f" (e.g. {hr_files[0].stem}x{scale}.png for {hr_files[0].name})" if hr_files else ""
+        raise ValueError(
+            f"{lr_dir}: {len(stray)} LR file{'s' if len(stray) != 1 else ''} match no HR image: {shown}; the LR "
+            f"input of HR image <name> must be named <name>x{scale}.png{example}"
+        )
 
 
 def load_lr(folder: str | Path, name: str, hr: np.ndarray, scale: int) -> tuple[np.ndarray, str]:
@@ -165,6 +192,7 @@ def evaluate_dataset(
     name = folder.resolve().name
     crop = scale if crop_border is None else crop_border
     files = find_hr_images(folder)
+    check_lr_files(folder, scale, files)
     out_dir = None
     if save_dir is not None:
         out_dir = Path(save_dir) / name / f"X{scale}"
@@ -243,7 +271,7 @@ def evaluate(
     if not folders:
         raise ValueError("no dataset folders given")
     for folder in folders:
-        find_hr_images(folder)
+        check_lr_files(folder, scale, find_hr_images(folder))
     return [
         evaluate_dataset(upscale, folder, scale, crop_border=crop_border, y_channel=y_channel,
                          save_dir=save_dir, progress=progress)

@@ -39,7 +39,7 @@ def fake_checkpoint(monkeypatch):
     """Stands in for ribsr.checkpoint.resolve_model (the core package's loader)."""
     calls = []
 
-    def resolve_model(spec, config=None, scale=None, device="cpu", dtype=None):
+    def resolve_model(spec, config=None, scale=None, device="cpu", dtype=None, **options):
         calls.append({"spec": spec, "config": config, "scale": scale, "device": device})
         return Nearest(scale or 3)
 
@@ -106,6 +106,28 @@ def test_a_checkpoint_is_evaluated_at_its_own_scale(dataset, tmp_path, tiny_chec
     rc = main(["evaluate", "--data", str(dataset), "--scale", "2", "--json", str(out_json)])
     assert rc == 0 and asked == [2]
     assert json.loads(out_json.read_text())["results"][0]["scale"] == 2
+
+
+def test_a_scale_other_than_the_weights_is_an_error(dataset, tmp_path, tiny_checkpoint, capsys):
+    """--scale 3 with x2 weights (ours, or the paper's .pth with --config) is refused unless the upsampler
+    resizing is asked for by name; the real loader."""
+    import yaml
+
+    from ribsr.checkpoint import read_checkpoint
+
+    state, cfg = read_checkpoint(tiny_checkpoint)
+    pth, yml = tmp_path / "paper_x2.pth", tmp_path / "paper_x2.yml"
+    torch.save({"params_ema": state}, pth)
+    yml.write_text(yaml.safe_dump({"network_g": cfg.to_network_g()}))
+    for model in (["--model", str(tiny_checkpoint)], ["--model", str(pth), "--config", str(yml)]):
+        rc = main(["evaluate", *model, "--data", str(dataset), "--scale", "3"])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert "holds x2 weights" in err and "x3" in err and "--resize-upsampler" in err
+    out_json = tmp_path / "r.json"
+    rc = main(["evaluate", "--model", str(pth), "--config", str(yml), "--data", str(dataset), "--scale", "3",
+               "--resize-upsampler", "--json", str(out_json)])
+    assert rc == 0 and json.loads(out_json.read_text())["results"][0]["scale"] == 3
 
 
 def test_tiled_evaluation_equals_whole_images_for_a_local_model(dataset, tmp_path, fake_checkpoint, capsys):

@@ -12,10 +12,10 @@ BICUBIC = "bicubic"
 
 EPILOG = """\
 Conventions: HR images are mod-cropped to a multiple of the scale; the LR input is
-DATA/LR_bicubic/X<s>/<name>x<s>.png when present, else MATLAB-style bicubic downscaling of the
-HR image; SR outputs are rounded to 8 bits; PSNR/SSIM on the BT.601 Y channel with <scale>
-border pixels cropped (see --rgb and --crop-border). Each DATA folder holds HR/ (or the images
-themselves); its name names the dataset.
+DATA/LR_bicubic/X<s>/<name>x<s>.png when present (files there that match no HR image are an
+error), else MATLAB-style bicubic downscaling of the HR image; SR outputs are rounded to 8 bits;
+PSNR/SSIM on the BT.601 Y channel with <scale> border pixels cropped (see --rgb and --crop-border).
+Each DATA folder holds HR/ (or the images themselves); its name names the dataset.
 
 example: ribsr evaluate --model bicubic --data Set5 Set14 --scale 4
 """
@@ -40,7 +40,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", nargs="+", required=True, type=Path,
                    help="one or more dataset folders (e.g. .../Set5 .../Set14)")
     p.add_argument("--scale", type=int, default=None,
-                   help="upscaling factor (default: the model's; required for bicubic)")
+                   help="upscaling factor: must be the model's (default: the model's; required for bicubic)")
+    p.add_argument("--resize-upsampler", action="store_true",
+                   help="load weights of another scale by resizing their upsampler to --scale (for fine-tuning/"
+                   "experiments: the resized upsampler is untrained)")
     p.add_argument("--crop-border", type=int, default=None, metavar="N",
                    help="pixels cropped from each side before measuring (default: the scale)")
     channel = p.add_mutually_exclusive_group()
@@ -91,7 +94,8 @@ def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
     from ribsr.inference import Upscaler
 
     model = resolve_model(args.model, config=args.config, scale=args.scale, device=args.device, sha256=args.sha256,
-                          progress=not (getattr(args, "quiet", False) or args.no_progress))
+                          progress=not (getattr(args, "quiet", False) or args.no_progress),
+                          resize_upsampler=args.resize_upsampler)
     # Whole images unless --tile is given; Upscaler falls back to tiles (with a warning) only when
     # memory runs out.
     device, dtype = parameter_place(model)

@@ -11,10 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ribsr.cli import bench, convert, evaluate, export, info, train, upscale, verify
+from ribsr.cli import bench, convert, evaluate, export, export_onnx, info, train, upscale, verify
 
 # Plain list: adding a command means importing its module and listing it here.
-COMMANDS = [upscale, evaluate, train, export, verify, convert, info, bench]
+COMMANDS = [upscale, evaluate, train, export, export_onnx, verify, convert, info, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

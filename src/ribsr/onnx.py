@@ -1,0 +1,352 @@
+"""ONNX: export an SST to an ``.onnx`` file (:func:`export_onnx`) and run one with onnxruntime (:class:`OnnxModel`).
+
+The exported graph takes a (B, 3, H, W) float batch in [0, 1] (dynamic B, H and W) and returns
+(B, 3, s*H, s*W), as :class:`ribsr.model.SST` does: the reflection padding of every layer to whole windows
+happens inside the graph, so any size works. The positional terms do not depend on the input, so they are
+computed once at export and stored as constants: RIB and FlashBias as their low-rank factors (concatenated
+to q and k, so no (heads, N, N) bias is stored or built), RPB as its dense bias, RoPE as its cos/sin tables.
+
+The file's ``metadata_props`` carry what the inference code needs (:data:`META_SCALE`,
+:data:`META_MULTIPLE_OF`) and the network's configuration. onnx and onnxruntime are optional
+(``pip install ribsr[onnx]``); importing this module needs neither.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ribsr.model.attention import WindowAttention
+from ribsr.model.positional import RoPE
+from ribsr.model.sst import SST
+from ribsr.modelinfo import ModelInfo
+
+FORMAT_NAME = "ribsr-onnx"
+META_FORMAT = "ribsr_format"
+META_SCALE = "ribsr_scale"
+META_MULTIPLE_OF = "ribsr_multiple_of"
+META_CONFIG = "ribsr_config"
+META_DTYPE = "ribsr_dtype"
+META_VERSION = "ribsr_version"
+#: Bytes of attention scores per input pixel at the widest layer (what onnxruntime materialises).
+META_SCORE_BYTES = "ribsr_score_bytes_per_pixel"
+
+DEFAULT_OPSET = 17  # the first with LayerNormalization
+MIN_OPSET = 14
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+INSTALL_HINT = "install the ONNX extra: pip install 'ribsr[onnx]' (onnx and onnxruntime)"
+
+
+class OnnxExportError(ValueError):
+    """An ONNX export could not be made or checked."""
+
+
+def _require(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise ImportError(f"{module} is not installed: {INSTALL_HINT}") from exc
+
+
+# ---------------------------------------------------------------------- the exported graph
+def padded_source_index(n: Any, padded: Any, shift: int) -> torch.Tensor:
+    """For each of the ``padded`` positions along an axis of length ``n``, the source position once the axis
+    is padded at the end by reflection (as :func:`ribsr.model.attention.pad_to_multiple`: F.pad's reflect
+    where the padding is shorter than the side, continued periodically where it is not, a side of 1
+    repeated) and then rolled back by ``shift``: (padded,) int64.
+
+    ``n`` and ``padded`` may be traced sizes: everything is computed with tensor ops, without branches.
+    """
+    i = torch.arange(padded, dtype=torch.int64)
+    if shift:
+        i = (i + shift) % padded
+    n_t = torch.as_tensor(n, dtype=torch.int64)
+    period = (2 * n_t - 2).clamp(min=1)  # reflection without repeating the edge has period 2(n-1)
+    i = i % period
+    return torch.where(i < n_t, i, period - i)
+
+
+class ExportWindowAttention(nn.Module):
+    """:class:`~ribsr.model.attention.WindowAttention` written for export: the same function, computed
+    without data-dependent branches (padding and rolling as index gathers) and with the positional term
+    as constants (buffers), in plain matmul and softmax (softmax in float32)."""
+
+    def __init__(self, attn: WindowAttention) -> None:
+        super().__init__()
+        self.to_qkv, self.to_out, self.gate = attn.to_qkv, attn.to_out, attn.gate
+        self.ws, self.heads, self.dim = attn.window_size, attn.heads, attn.dim
+        self.shift = attn.window_size // 2 if attn.shift else 0
+        pos, ws, cpu = attn.pos, attn.window_size, torch.device("cpu")
+        self.rope = isinstance(pos, RoPE)
+        self.factors = pos.has_factors
+        self.dense = pos.has_term and not pos.has_factors
+        with torch.no_grad():
+            if self.rope:
+                cos, sin = pos.compute_rotation(ws, cpu)  # (heads, N, D/2) each
+                self.register_buffer("rope_cos", cos.clone())
+                self.register_buffer("rope_sin", sin.clone())
+            if self.factors:
+                q_f, k_f = pos.compute_factors(ws, cpu)  # (heads, N, R) each, q_f . k_f the logit
+                self.register_buffer("pos_q", q_f.detach().clone())
+                self.register_buffer("pos_k", k_f.detach().clone())
+            elif self.dense:
+                self.register_buffer("pos_bias", pos.compute_bias(ws, cpu).detach().clone())  # (heads, N, N)
+
+    def _rotate(self, t: torch.Tensor) -> torch.Tensor:
+        """RoPE on channel pairs of t (windows, heads, N, D), in float32."""
+        pairs = t.float().unflatten(-1, (-1, 2))  # (windows, heads, N, D/2, 2)
+        re, im = pairs[..., 0], pairs[..., 1]
+        cos, sin = self.rope_cos, self.rope_sin
+        return torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1).flatten(-2).to(t.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = x.shape
+        ws, heads, shift = self.ws, self.heads, self.shift
+        d = c // heads
+        gate = self.gate(x) if self.gate is not None else None
+        hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws
+        rows, cols = padded_source_index(h, hp, shift), padded_source_index(w, wp, shift)
+        # (B, C, H, W) -> (B, H, W, C) -> padded and rolled (B, Hp, Wp, C) -> (B*nh, ws, nw, ws, C)
+        xw = x.permute(0, 2, 3, 1).index_select(1, rows).index_select(2, cols)
+        nw = wp // ws
+        windows = xw.reshape(-1, ws, nw, ws, c).transpose(1, 2).reshape(-1, ws * ws, c)  # (B*nh*nw, N, C)
+        qkv = F.linear(windows, self.to_qkv.weight.flatten(1), self.to_qkv.bias)  # (B*nh*nw, N, 3C)
+        # (B*nh*nw, N, 3C) -> (3, B*nh*nw, heads, N, D), channel = part*C + head*D + d
+        q, k, v = qkv.reshape(-1, ws * ws, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.rope:
+            q, k = self._rotate(q), self._rotate(k)
+        q = q * (1.0 / math.sqrt(d))
+        if self.factors:
+            # [q / sqrt(D), q_f] . [k, k_f] = q.k / sqrt(D) + the positional logit
+            n_win = q.shape[0]
+            q = torch.cat([q, self.pos_q.to(q.dtype).expand(n_win, -1, -1, -1)], dim=-1)
+            k = torch.cat([k, self.pos_k.to(k.dtype).expand(n_win, -1, -1, -1)], dim=-1)
+        logits = torch.matmul(q, k.transpose(-1, -2)).float()  # (B*nh*nw, heads, N, N)
+        if self.dense:
+            logits = logits + self.pos_bias
+        out = torch.matmul(torch.softmax(logits, dim=-1).to(v.dtype), v)  # (B*nh*nw, heads, N, D)
+        # (B*nh*nw, heads, N, D) -> (B*nh*nw, N, C) -> (B*nh, nw, ws, ws, C) -> (B, Hp, Wp, C)
+        out = out.transpose(1, 2).reshape(-1, nw, ws, ws, c).transpose(1, 2).reshape(-1, hp, wp, c)
+        if shift:  # roll back and crop
+            out = out.index_select(1, (torch.arange(h) - shift) % hp).index_select(2, (torch.arange(w) - shift) % wp)
+        else:
+            out = out[:, :h, :w]
+        out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
+        if gate is not None:
+            out = out * gate
+        return self.to_out(out)
+
+
+def exportable(model: SST) -> SST:
+    """A copy of ``model`` (float32, CPU, eval) whose attention layers are :class:`ExportWindowAttention`."""
+    twin = copy.deepcopy(model).float().cpu().eval()
+    for parent in list(twin.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, WindowAttention):
+                setattr(parent, name, ExportWindowAttention(child))
+    return twin
+
+
+def score_bytes_per_pixel(model: SST) -> int:
+    """Bytes of float32 attention scores per input pixel at the widest layer: heads * ws^2 * 4."""
+    c = model.config
+    return max(h * ws * ws * 4 for ws, h in zip(c.window_sizes, c.num_heads, strict=True))
+
+
+# ---------------------------------------------------------------------- export
+def export_onnx(
+    model: SST,
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    metadata: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> Path:
+    """Write ``model`` as an ONNX file with dynamic batch, height and width.
+
+    ``fp16`` stores weights and computes in float16 (input and output float16 too; the softmax stays in
+    float32). The file's metadata holds the scale, the alignment unit (lcm of the window sizes), the
+    configuration and ``metadata``. ``check`` runs ``onnx.checker`` on the result. The file is written
+    next to ``path`` under a temporary name and renamed into place.
+    """
+    onnx = _require("onnx")
+    if not isinstance(model, SST):
+        raise TypeError(f"export_onnx exports an SST, got {type(model).__name__}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        raise ValueError(f"export_onnx writes .onnx files, got {path}")
+    twin = exportable(model)
+    dtype = torch.float16 if fp16 else torch.float32
+    twin = twin.to(dtype)
+    ws = max(model.config.window_sizes)
+    example = torch.rand(1, 3, ws + 3, ws + 5, dtype=dtype)  # not a multiple of any window
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter is deprecated
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                twin, (example,), str(tmp), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                              OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}},
+            )
+        proto = onnx.load(str(tmp))
+        from ribsr import __version__
+
+        meta = {
+            META_FORMAT: FORMAT_NAME,
+            META_VERSION: __version__,
+            META_SCALE: str(model.config.scale),
+            META_MULTIPLE_OF: str(math.lcm(*model.config.window_sizes)),
+            META_CONFIG: model.config.to_json(),
+            META_DTYPE: "float16" if fp16 else "float32",
+            META_SCORE_BYTES: str(score_bytes_per_pixel(model)),
+            **dict(metadata or {}),
+        }
+        del proto.metadata_props[:]
+        for key, value in meta.items():
+            proto.metadata_props.add(key=key, value=str(value))
+        proto.doc_string = f"SST x{model.config.scale} exported by ribsr {__version__}"
+        if check:
+            onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        os.chmod(tmp, _file_mode())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _file_mode() -> int:
+    """The mode a newly created file gets from the user's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# ---------------------------------------------------------------------- running
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file."""
+    ort = _require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+class OnnxModel(nn.Module):
+    """An exported ``.onnx`` file run by onnxruntime, usable wherever an SST is (:class:`ribsr.Upscaler`,
+    :func:`ribsr.tiling.tiled_forward`): (B, 3, H, W) float tensors in, (B, 3, s*H, s*W) float32 out, on the
+    input's device.
+
+    ``info`` (:class:`~ribsr.modelinfo.ModelInfo`) comes from the file's metadata; ``scale`` and ``align``
+    are for files exported elsewhere without it. ``threads``: onnxruntime's intra-op threads (None: its
+    default). ``providers``: onnxruntime execution providers (default: the CPU).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        scale: int | None = None,
+        align: int | None = None,
+    ) -> None:
+        super().__init__()
+        ort = _require("onnxruntime")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such ONNX file: {self.path}")
+        options = ort.SessionOptions()
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
+            raise ValueError(f"{self.path}: not a model onnxruntime can load: {exc}") from exc
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+            raise ValueError(f"{self.path}: expected one (B, 3, H, W) input and one output, got inputs "
+                             f"{[(i.name, i.shape) for i in inputs]} and outputs {[o.name for o in outputs]}")
+        self.input_name = inputs[0].name
+        self.input_type = {"tensor(float)": "float32", "tensor(float16)": "float16"}.get(inputs[0].type)
+        if self.input_type is None:
+            raise ValueError(f"{self.path}: input {inputs[0].name!r} is {inputs[0].type}, expected float or float16")
+        self.config = self._config()
+        self.info = self._info(scale, align)
+
+    def _config(self) -> Any:
+        text = self.metadata.get(META_CONFIG)
+        if text is None:
+            return None
+        from ribsr.config import SSTConfig
+
+        return SSTConfig.from_json(text, source=f"{self.path} metadata {META_CONFIG}")
+
+    def _info(self, scale: int | None, align: int | None) -> ModelInfo:
+        def stored(key: str, override: int | None) -> int:
+            if override is not None:
+                return override
+            if key not in self.metadata:
+                raise ValueError(f"{self.path} has no {key!r} in its metadata (not exported by ribsr export-onnx); "
+                                 "pass scale= and align=")
+            try:
+                return int(self.metadata[key])
+            except ValueError:
+                raise ValueError(f"{self.path}: metadata {key}={self.metadata[key]!r} is not an integer") from None
+
+        width = self.config.dim if self.config is not None else 64
+        from ribsr.memory import MODELLED_BYTES_PER_PIXEL_PER_CHANNEL
+
+        # The modelled memory cost counts bytes per pixel as 160 per channel of ``width``: onnxruntime also
+        # holds a layer's attention scores, so the width is raised to cover them.
+        scores = int(self.metadata.get(META_SCORE_BYTES, "0") or 0)
+        width += math.ceil(scores / MODELLED_BYTES_PER_PIXEL_PER_CHANNEL)
+        return ModelInfo(scale=stored(META_SCALE, scale), multiple_of=stored(META_MULTIPLE_OF, align),
+                         dtypes=(torch.float32,), width=width)
+
+    @property
+    def scale(self) -> int:
+        return self.info.scale
+
+    def run_numpy(self, x: Any) -> Any:
+        """Run the session on a (B, 3, H, W) numpy array (cast to the file's input type)."""
+        (y,) = self.session.run(None, {self.input_name: x.astype(self.input_type, copy=False)})
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an RGB batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        try:
+            y = self.run_numpy(array)
+        except Exception as exc:
+            if "allocate" in str(exc).lower():
+                raise MemoryError(f"onnxruntime failed to allocate memory: {exc}") from exc
+            raise
+        return torch.from_numpy(y).float().to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, scale={self.info.scale}, multiple_of={self.info.multiple_of}"
+
+
+def is_onnx_path(spec: str | Path | None) -> bool:
+    """True when ``spec`` names an ``.onnx`` file (by its suffix)."""
+    return spec is not None and str(spec).lower().endswith(".onnx")

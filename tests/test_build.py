@@ -87,7 +87,7 @@ def test_file_errors_name_the_file(tmp_path):
     bad = _write(tmp_path / "bad.yml", {"network_g": {**TINY_G, "dim": -1}})
     with pytest.raises(ConfigError, match="bad.yml") as info:
         resolve_config(bad)
-    assert info.value.problems == ["dim must be a positive integer, got -1"]
+    assert info.value.problems == ["dim must be an integer in [1, 1024], got -1"]
     with pytest.raises(ConfigError, match=r"network.yml(.|\n)*scale \(upscaling_factor\) must be 2, 3 or 4, got 7"):
         resolve_config(_write(tmp_path / "network.yml", TINY_G), scale=7)
     (tmp_path / "list.yml").write_text("- 1\n- 2\n")

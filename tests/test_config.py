@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from ribsr.config import PRESETS, ConfigError, SSTConfig, preset, resolve_config
+from ribsr.config import LIMITS, PRESETS, ConfigError, SSTConfig, preset, resolve_config
 
 SIZES = dict(dim=24, window_sizes=(8, 16), num_heads=(3, 3), ranks=(4, 8), n_blocks=1)
 
@@ -81,3 +83,92 @@ def test_resolve_config_is_still_importable_from_config():
 def test_replace_validates():
     with pytest.raises(ConfigError, match="scale"):
         preset("light").replace(scale=7)
+
+
+@pytest.mark.parametrize(
+    "field,value,shown",
+    [
+        ("exp_ratio", float("nan"), "nan"),
+        ("exp_ratio", float("inf"), "inf"),
+        ("exp_ratio", -float("inf"), "-inf"),
+        ("exp_ratio", 1e-9, "1e-09"),
+        ("exp_ratio", -1.5, "-1.5"),
+        ("exp_ratio", 1e6, "1000000.0"),
+        ("exp_ratio", True, "True"),
+        ("exp_ratio", "1.5", "'1.5'"),
+        ("n_blocks", 10**9, "1000000000"),
+        ("n_blocks", 0, "0"),
+        ("n_blocks", 2.0, "2.0"),
+        ("n_blocks", True, "True"),
+        ("dim", 10**6, "1000000"),
+        ("dim", 24.0, "24.0"),
+        ("dim", True, "True"),
+        ("intermediate_dim", 10**7, "10000000"),
+        ("rib_hidden_dim", 10**7, "10000000"),
+        ("rib_n_freqs", 10**4, "10000"),
+        ("rib_n_freqs", -1, "-1"),
+        ("window_sizes", (100000, 16), "[100000, 16]"),
+        ("window_sizes", (8, 16.0), "[8, 16.0]"),
+        ("num_heads", (3, 10**6), "[3, 1000000]"),
+        ("ranks", (4, 10**6), "[4, 1000000]"),
+        ("ranks", (True, 8), "[True, 8]"),
+        ("scale", 2.0, "2.0"),
+        ("scale", True, "True"),
+        ("scale", 10**9, "1000000000"),
+    ],
+)
+def test_out_of_range_and_non_finite_values_are_refused(field, value, shown):
+    """Every numeric field is bounded (non-finite, absurd, non-integer and bool values refused), naming the
+    field and the value; nothing is allocated for the value."""
+    with pytest.raises(ConfigError) as info:
+        SSTConfig(**{**SIZES, field: value})
+    text = str(info.value)
+    assert field in text and shown in text, text
+
+
+def test_the_bounds_admit_every_preset_and_are_listed_in_the_docs():
+    for name in PRESETS:
+        for scale in (2, 3, 4):
+            assert not preset(name, scale=scale).problems()
+    doc = SSTConfig.__doc__
+    for key, (lo, hi) in LIMITS.items():
+        assert f"{lo}..{hi}" in doc or f"[{lo}, {hi}]" in doc, key
+
+
+def test_per_layer_lists_are_bounded_in_length_and_huge_values_are_shown_short():
+    with pytest.raises(ConfigError) as info:
+        SSTConfig(**{**SIZES, "window_sizes": (8,) * 10**6, "num_heads": 3, "ranks": (10**5000,)})
+    text = str(info.value)
+    assert "window_sizes must be a list of 1 to 32" in text and "(1000000 items)" in text
+    assert "ranks" in text and len(text) < 1000, text
+
+
+def test_an_int_for_a_list_and_names_of_the_wrong_type_are_config_errors():
+    with pytest.raises(ConfigError) as info:  # was a TypeError (len of an int), then unhashable-list errors
+        SSTConfig(**{**SIZES, "window_sizes": 8, "num_heads": 3, "attn_type": ["RIB"], "upsampler": {}})
+    text = str(info.value)
+    assert "window_sizes" in text and "attn_type must be a name" in text and "upsampler must be a name" in text
+
+
+def test_exp_ratio_must_leave_the_feed_forward_layer_channels():
+    with pytest.raises(ConfigError, match="no channels"):
+        SSTConfig(**{**SIZES, "dim": 6, "num_heads": (3, 3), "exp_ratio": 0.125})
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [("{not json", "not valid JSON"), ("[1, 2]", "must be an object"), ("1" * 5000, "not valid JSON"),
+     ("[" * 100000, "not valid JSON"),
+     (json.dumps({**preset("light").to_dict(), "dim": "48"}), "dim must be an integer")],
+)
+def test_from_json_names_the_source_and_the_problem(text, problem):
+    with pytest.raises(ConfigError) as info:
+        SSTConfig.from_json(text, source="m.safetensors")
+    assert "m.safetensors" in str(info.value) and problem in str(info.value)
+
+
+def test_mixed_key_types_are_listed_not_a_type_error():
+    with pytest.raises(ConfigError, match="unknown field 1"):
+        SSTConfig.from_dict({**SIZES, 1: 2, "colour": "red"})
+    with pytest.raises(ConfigError, match="unknown network_g key 1"):
+        SSTConfig.from_network_g({**SIZES, 1: 2, "colour": "red"})

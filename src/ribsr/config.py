@@ -45,6 +45,35 @@ class ConfigError(ValueError):
         super().__init__(f"invalid SST configuration{where}:\n{lines}")
 
 
+# Inclusive bounds of the numeric fields (see SSTConfig's docstring): wide around the published presets,
+# narrow enough that no config makes the network allocate without bound. "layers" bounds the per-layer lists'
+# length; window_size, num_heads and rank bound each of their entries.
+LIMITS: dict[str, tuple[Any, Any]] = {
+    "dim": (1, 1024),
+    "n_blocks": (1, 64),
+    "layers": (1, 32),
+    "window_size": (1, 128),
+    "num_heads": (1, 64),
+    "rank": (1, 256),
+    "intermediate_dim": (1, 1024),
+    "rib_hidden_dim": (1, 1024),
+    "rib_n_freqs": (0, 32),
+    "exp_ratio": (0.125, 16),
+}
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, shortened to about ``limit`` characters (a hostile value may be huge)."""
+    if isinstance(value, (list, tuple, str, bytes)) and len(value) > limit:
+        unit = "items" if isinstance(value, (list, tuple)) else "characters"
+        return f"{_show(value[:16], limit)[:limit]}... ({len(value)} {unit})"
+    try:
+        text = repr(value)
+    except ValueError:  # it holds an int too long to print
+        return f"<a {type(value).__name__} too large to print>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _as_tuple(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(value)
@@ -59,6 +88,14 @@ class SSTConfig:
     residual block; every block repeats them. ``ranks`` is the RIB/FlashBias rank per layer. The size
     fields have no defaults (the presets give them, :func:`preset`); the others default to the values
     the paper's YAML files assume when they leave them out (except ``gate_type``: see :meth:`from_network_g`).
+
+    Bounds (:data:`LIMITS`; every published preset lies well inside them, and they keep what a config makes
+    the network allocate bounded): ``dim`` 1..1024 (presets 48-224), ``n_blocks`` 1..64 (5-10), layers per
+    block (the length of ``window_sizes``, ``num_heads``, ``ranks``) 1..32 (6), each window size 1..128
+    (8-96), each head count 1..64 and a divisor of ``dim`` (3-7), each rank 1..256 (16-34),
+    ``intermediate_dim`` 1..1024 (64, 96), ``rib_hidden_dim`` 1..1024 (32), ``rib_n_freqs`` 0..32 (10),
+    ``exp_ratio`` a finite number in [0.125, 16] (1.25-2); ``scale`` 2, 3 or 4 (``nn+conv`` also takes 8).
+    Integer fields take Python ints only (not bools, not floats such as ``48.0``).
     """
 
     dim: int
@@ -80,8 +117,9 @@ class SSTConfig:
         # Accept lists (YAML/JSON) but store tuples so the config stays hashable and frozen.
         for key in ("window_sizes", "num_heads", "ranks"):
             value = _as_tuple(getattr(self, key))
-            if isinstance(value, int) and key != "window_sizes":
-                value = (value,) * len(_as_tuple(self.window_sizes) or ())
+            layers = _as_tuple(self.window_sizes)
+            if isinstance(value, int) and key != "window_sizes" and isinstance(layers, tuple):
+                value = (value,) * min(len(layers), LIMITS["layers"][1] + 1)  # one per layer; more is refused
             object.__setattr__(self, key, value)
         if isinstance(self.attn_type, str):
             object.__setattr__(
@@ -98,47 +136,54 @@ class SSTConfig:
         """Every problem with this configuration, as readable messages (empty when valid)."""
         p: list[str] = []
 
-        def positive_int(name: str, value: Any) -> bool:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                p.append(f"{name} must be a positive integer, got {value!r}")
+        def bounded_int(name: str, value: Any, limits: tuple[int, int]) -> bool:
+            lo, hi = limits
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                p.append(f"{name} must be an integer in [{lo}, {hi}], got {_show(value)}")
                 return False
             return True
 
-        positive_int("dim", self.dim)
-        positive_int("n_blocks", self.n_blocks)
-        positive_int("intermediate_dim", self.intermediate_dim)
-        positive_int("rib_hidden_dim", self.rib_hidden_dim)
-        if isinstance(self.rib_n_freqs, bool) or not isinstance(self.rib_n_freqs, int) or self.rib_n_freqs < 0:
-            p.append(f"rib_n_freqs must be a non-negative integer, got {self.rib_n_freqs!r}")
-        if not isinstance(self.exp_ratio, (int, float)) or isinstance(self.exp_ratio, bool) or self.exp_ratio <= 0:
-            p.append(f"exp_ratio must be a positive number, got {self.exp_ratio!r}")
-        if self.scale not in (2, 3, 4) and not (
-            self.upsampler == "nn+conv" and isinstance(self.scale, int) and self.scale > 0
-            and (self.scale & (self.scale - 1) == 0 or self.scale == 3)
-        ):
-            p.append(f"scale (upscaling_factor) must be 2, 3 or 4, got {self.scale!r}")
-        if self.upsampler not in UPSAMPLERS:
+        dim_ok = bounded_int("dim", self.dim, LIMITS["dim"])
+        for key in ("n_blocks", "intermediate_dim", "rib_hidden_dim", "rib_n_freqs"):
+            bounded_int(key, getattr(self, key), LIMITS[key])
+        lo, hi = LIMITS["exp_ratio"]
+        ratio = self.exp_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not lo <= ratio <= hi:  # NaN fails too
+            p.append(f"exp_ratio must be a finite number in [{lo}, {hi}], got {_show(ratio)}")
+        elif dim_ok and int(self.dim * ratio) < 1:
+            p.append(f"exp_ratio {ratio!r} leaves the feed-forward layer no channels (int(dim * exp_ratio) = 0)")
+        for key in ("upsampler", "attn_type", "gate_type"):
+            if not isinstance(getattr(self, key), str):
+                p.append(f"{key} must be a name (a string), got {_show(getattr(self, key))}")
+        if self.name is not None and not isinstance(self.name, str):
+            p.append(f"name must be a string or None, got {_show(self.name)}")
+        scales = (2, 3, 4, 8) if self.upsampler == "nn+conv" else (2, 3, 4)
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale not in scales:
+            p.append(f"scale (upscaling_factor) must be {', '.join(map(str, scales[:-1]))} or {scales[-1]}"
+                     f"{' with this upsampler' if self.upsampler == 'nn+conv' else ''}, got {_show(self.scale)}")
+        if isinstance(self.upsampler, str) and self.upsampler not in UPSAMPLERS:
             p.append(f"upsampler (upsampler_type) must be one of {list(UPSAMPLERS)}, got {self.upsampler!r}")
-        if self.gate_type not in GATES and self.gate_type != "none":
+        if isinstance(self.gate_type, str) and self.gate_type not in GATES and self.gate_type != "none":
             p.append(f"gate_type must be one of {list(GATES)} or null ('none'), got {self.gate_type!r}")
-        if self.attn_type not in POSITIONAL:
+        if isinstance(self.attn_type, str) and self.attn_type not in POSITIONAL:
             p.append(f"attn_type must be one of {list(POSITIONAL)}, got {self.attn_type!r}")
 
         seqs = {}
-        for key in ("window_sizes", "num_heads", "ranks"):
+        max_layers = LIMITS["layers"][1]
+        for key, what in (("window_sizes", "window_size"), ("num_heads", "num_heads"), ("ranks", "rank")):
             value = getattr(self, key)
-            if not isinstance(value, tuple) or not value:
-                p.append(f"{key} must be a non-empty list of positive integers, got {value!r}")
+            lo, hi = LIMITS[what]
+            if not isinstance(value, tuple) or not 1 <= len(value) <= max_layers:
+                p.append(f"{key} must be a list of 1 to {max_layers} integers (one per layer), got {_show(value)}")
                 continue
-            bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v <= 0]
-            if bad:
-                p.append(f"{key} must hold positive integers, got {list(value)!r}")
+            if any(isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi for v in value):
+                p.append(f"{key} must hold integers in [{lo}, {hi}], got {_show(list(value))}")
                 continue
             seqs[key] = value
         lengths = {k: len(v) for k, v in seqs.items()}
         if len(set(lengths.values())) > 1:
             p.append(f"window_sizes, num_heads and ranks must have one entry per layer, got lengths {lengths}")
-        if "num_heads" in seqs and isinstance(self.dim, int) and self.dim > 0:
+        if "num_heads" in seqs and dim_ok:
             bad_heads = sorted({h for h in seqs["num_heads"] if self.dim % h})
             if bad_heads:
                 p.append(f"dim {self.dim} is not divisible by num_heads {bad_heads}")
@@ -181,7 +226,9 @@ class SSTConfig:
     def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> SSTConfig:
         """Build from a dict of fields (as :meth:`to_dict` writes); unknown and missing fields are listed."""
         fields = dataclasses.fields(cls)
-        problems = [f"unknown field {k!r}" for k in sorted(set(d) - {f.name for f in fields})]
+        if not isinstance(d, Mapping):
+            raise ConfigError([f"a config must be a mapping of fields, got {type(d).__name__}"], source)
+        problems = [f"unknown field {_show(k)}" for k in sorted(set(d) - {f.name for f in fields}, key=repr)]
         problems += [f"missing field {f.name!r}" for f in fields if f.name not in d and _required(f)]
         if problems:
             raise ConfigError(problems, source)
@@ -192,7 +239,14 @@ class SSTConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str | None = None) -> SSTConfig:
-        return cls.from_dict(json.loads(text), source)
+        """Build from the JSON :meth:`to_json` writes; text that is not a JSON object is a :class:`ConfigError`."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long ints, deep nesting
+            raise ConfigError([f"not valid JSON ({str(exc)[:200]})"], source) from None
+        if not isinstance(data, dict):
+            raise ConfigError([f"the JSON must be an object of config fields, got {type(data).__name__}"], source)
+        return cls.from_dict(data, source)
 
     def to_network_g(self) -> dict[str, Any]:
         """The equivalent ``network_g`` block of the paper's YAML files."""
@@ -220,7 +274,7 @@ class SSTConfig:
             raise ConfigError([f"network_g must be a mapping, got {type(network_g).__name__}"], source)
         rename = {"upscaling_factor": "scale", "upsampler_type": "upsampler"}
         allowed = NETWORK_G_KEYS | {f.name for f in dataclasses.fields(cls)}
-        problems = [f"unknown network_g key {k!r}" for k in sorted(set(network_g) - allowed)]
+        problems = [f"unknown network_g key {_show(k)}" for k in sorted(set(network_g) - allowed, key=repr)]
         missing = [k for k in ("dim", "window_sizes", "num_heads", "n_blocks") if k not in network_g]
         problems += [f"missing network_g key {k!r}" for k in missing]
         if problems:

@@ -142,7 +142,7 @@ def test_every_problem_of_a_broken_file_is_reported_at_once(tmp_path: Path) -> N
     problems, message = info.value.problems, str(info.value)
     expected = [
         "colour: unknown key",
-        "network_g: dim must be a positive integer, got -4",
+        "network_g: dim must be an integer in [1, 1024], got -4",
         "datasets.train.dataroot_lq: missing",
         "datasets.train.use_hflip: must be true or false, got 'yes please'",
         "train.optim_g.lr: must be a positive number, got -1",

@@ -218,6 +218,30 @@ def test_model_wide_bias_cache_budget():
         CacheBudget(-1)
 
 
+@pytest.mark.parametrize("attn_type", ["RIB", "RPB"])
+def test_model_built_under_inference_mode_runs_and_caches(attn_type):
+    """Parameters made under torch.inference_mode (as tools that load models inside it make them) keep no
+    version counter: the cache must still work, and still see an in-place change of the weights."""
+    torch.manual_seed(3)
+    ref = build_sst(_tiny(attn_type), attention="bias").eval()
+    x = torch.rand(1, 3, 9, 11)
+    with torch.inference_mode():
+        model = build_sst(_tiny(attn_type), attention="bias").eval()
+        model.load_state_dict(ref.state_dict())
+        pos = model.body[0][0].attn.pos
+        assert next(pos.parameters()).is_inference()
+        out = model(x)
+        assert pos.bias(4, torch.device("cpu")) is pos.bias(4, torch.device("cpu"))  # cached
+        for p in pos.parameters():
+            p.add_(0.5)
+        changed = model(x)
+    with torch.no_grad():
+        assert (out - ref(x)).abs().max() <= 1e-6
+        for p in ref.body[0][0].attn.pos.parameters():
+            p.add_(0.5)
+        assert (changed - ref(x)).abs().max() <= 1e-6  # not the stale bias
+
+
 def test_nope_has_no_parameters_and_no_term():
     pos = NoPE()
     assert not list(pos.parameters()) and pos.bias(4, torch.device("cpu")) is None

@@ -77,7 +77,12 @@ def fourier_features(coords: torch.Tensor, n_freqs: int) -> torch.Tensor:
 
 def _param_key(params: list[torch.Tensor]) -> tuple:
     # Changes whenever a parameter is updated in place (optimizer step, load_state_dict) or replaced.
-    return tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+    # Parameters made under torch.inference_mode keep no version counter: their bytes stand in for it.
+    return tuple((p.data_ptr(), p.dtype, _bytes(p) if p.is_inference() else p._version) for p in params)
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.detach().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
 
 
 class PositionalScheme(nn.Module):

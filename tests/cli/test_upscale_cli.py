@@ -169,10 +169,42 @@ def test_scale_mismatch_is_an_error(tmp_path, model, capsys):
     make_png(tmp_path / "a.png")
     rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", model, "--scale", "4"])
     assert rc == 2
-    assert "--scale 4 asked for, but the model upscales x2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "tiny_x2.safetensors holds x2 weights" in err and "x4" in err and "--resize-upsampler" in err
     assert not (tmp_path / "o").exists()
     assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", model,
                  "--scale", "2"]) == 0
+
+
+@pytest.fixture
+def paper_checkpoint(tmp_path, tiny_checkpoint) -> tuple[str, str]:
+    """The x2 weights of ``tiny_checkpoint`` as the paper's .pth, with its option YAML (network_g, x2)."""
+    import torch
+    import yaml
+
+    from ribsr.checkpoint import read_checkpoint
+
+    state, cfg = read_checkpoint(tiny_checkpoint)
+    pth, yml = tmp_path / "paper_x2.pth", tmp_path / "paper_x2.yml"
+    torch.save({"params_ema": state}, pth)
+    yml.write_text(yaml.safe_dump({"scale": 2, "network_g": cfg.to_network_g()}))
+    return str(pth), str(yml)
+
+
+def test_scale_mismatch_with_a_paper_checkpoint_is_an_error(tmp_path, paper_checkpoint, capsys):
+    """--scale 3 with the paper's x2 .pth and --config was silently resized; now refused unless asked for."""
+    pth, yml = paper_checkpoint
+    make_png(tmp_path / "a.png")
+    args = ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", pth, "--config", yml]
+    assert main([*args, "--scale", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "paper_x2.pth holds x2 weights" in err and "x3" in err and "--resize-upsampler" in err
+    assert not (tmp_path / "o").exists()
+    # asked for by name: the upsampler is resized (untrained), the image is x3
+    assert main([*args, "--scale", "3", "--resize-upsampler"]) == 0
+    with Image.open(tmp_path / "o" / "a_x3.png") as im:
+        assert im.size == (60, 42)
+    assert main([*args, "--scale", "2"]) == 0 and (tmp_path / "o" / "a_x2.png").is_file()
 
 
 def test_a_scale_without_a_bundled_model_asks_for_one(tmp_path, capsys):
@@ -182,6 +214,37 @@ def test_a_scale_without_a_bundled_model_asks_for_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no bundled default model for x5" in err and "--model" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_an_output_that_cannot_be_a_folder_is_refused(tmp_path, model, capsys, where):
+    """-o naming an existing file (or a folder below one) is refused before any image, exit status 2."""
+    make_png(tmp_path / "a.png")
+    (tmp_path / "taken").write_bytes(b"keep me")
+    out = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "sub"
+    rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(out), "--model", model])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "taken") in err and "not a folder" in err
+    assert (tmp_path / "taken").read_bytes() == b"keep me"
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "taken"]
+
+
+def test_a_second_run_into_the_input_folder_skips_its_own_outputs(tmp_path, model, capsys):
+    """upscale DIR -o DIR twice: the second run writes nothing (no a_x2_x2.png) and says what it skipped."""
+    make_png(tmp_path / "d" / "a.png")
+    make_png(tmp_path / "d" / "b.png", seed=1)
+    make_png(tmp_path / "d" / "c_x2.png", seed=2)  # a user's file whose name only looks like an output
+    args = ["upscale", str(tmp_path / "d"), "-o", str(tmp_path / "d"), "--model", model]
+    assert main(args) == 0
+    first = files_under(tmp_path / "d")
+    assert first == ["a.png", "a_x2.png", "b.png", "b_x2.png", "c_x2.png", "c_x2_x2.png"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert files_under(tmp_path / "d") == first
+    captured = capsys.readouterr()
+    assert "a_x2.png" in captured.err and "b_x2.png" in captured.err and "outputs of an earlier run" in captured.err
+    assert "0 images upscaled" in captured.out
 
 
 def test_options_reach_the_upscaler(tmp_path, model, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -78,7 +79,12 @@ def add_parser(subparsers: Any) -> None:
                    help="expected SHA-256 of the model file (for a URL: checked before it enters the cache)")
     p.add_argument("--config", default=None,
                    help="network configuration (preset name or YAML/JSON) for checkpoints without one")
-    p.add_argument("--scale", type=int, default=None, help="upscaling factor (checked against the model)")
+    p.add_argument("--scale", type=int, default=None,
+                   help="upscaling factor: must be the model's (default: the model's; without --model, the "
+                   "bundled model of this scale)")
+    p.add_argument("--resize-upsampler", action="store_true",
+                   help="load weights of another scale by resizing their upsampler to --scale (for fine-tuning/"
+                   "experiments: the resized upsampler is untrained)")
     p.add_argument("--tile", type=_tile, default="auto", metavar="N",
                    help="tile side in input pixels, 0 for no tiling, or auto (default)")
     p.add_argument("--tile-overlap", type=int, default=None, metavar="P",
@@ -171,21 +177,62 @@ def output_path(job: Job, out_dir: Path, suffix: str, fmt: str) -> tuple[Path, s
     return dest, pil_format
 
 
+def check_output_folder(out_dir: Path) -> None:
+    """Raise ValueError when ``out_dir`` cannot be a folder: it, or a folder above it, is an existing file."""
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out_dir else f"lies under the file {path}"
+                raise ValueError(f"output {out_dir} {where}, not a folder (-o/--output names the folder to write into)")
+            return
+
+
+_DEFAULT_SUFFIX = re.compile(r"_x\d+$")  # what --suffix defaults to: _x{scale}
+
+
+def split_own_outputs(jobs: list[Job], out_dir: Path, suffix: str | None) -> tuple[list[Job], list[Path]]:
+    """(the jobs to run, the inputs left out as outputs of an earlier run).
+
+    An input is such an output when it lies in ``out_dir`` (or below it), its name is ``{stem}{suffix}.{ext}``
+    (``suffix`` as given, else ``_x{N}``, the default) and an image file ``{stem}.*`` lies beside it: the
+    source it was made from. A file whose name only looks like an output (no such source) is upscaled.
+    """
+    root = out_dir.resolve() if out_dir.exists() else None
+    names: dict[Path, set[str]] = {}  # folder -> the image names in it (lower case)
+    keep: list[Job] = []
+    own: list[Path] = []
+    for job in jobs:
+        folder = job.source.parent.resolve()
+        stem = job.source.stem
+        if suffix:
+            base = stem[: -len(suffix)] if stem.endswith(suffix) and len(stem) > len(suffix) else None
+        else:
+            match = _DEFAULT_SUFFIX.search(stem)
+            base = stem[: match.start()] if match and match.start() > 0 else None
+        if root is None or base is None or not folder.is_relative_to(root):
+            keep.append(job)
+            continue
+        if folder not in names:
+            names[folder] = {p.name.lower() for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        sources = {f"{base}{ext}".lower() for ext in IMAGE_SUFFIXES} - {job.source.name.lower()}
+        if sources & names[folder]:
+            own.append(job.source)
+        else:
+            keep.append(job)
+    return keep, own
+
+
 # ---------------------------------------------------------------------- running
 def load_model(args: argparse.Namespace, device: str) -> Any:
     """The network for ``--model``/``--config``/``--scale`` (no ``--model``: the bundled model of ``--scale``).
 
-    A checkpoint that carries its configuration is loaded at its own scale, so that ``--scale`` is
-    checked against it instead of resizing its upsampler; with ``--config`` the scale completes the
-    configuration.
+    ``--scale`` must equal the scale of the weights (and of ``--config`` when it states one); the upsampler
+    is resized only with ``--resize-upsampler``.
     """
-    from ribsr.assets import DEFAULT_MODEL
     from ribsr.checkpoint import resolve_model
 
-    bundled = args.model is None or args.model == DEFAULT_MODEL
-    scale = args.scale if bundled or args.config is not None else None
-    return resolve_model(args.model, config=args.config, scale=scale, device=device, sha256=args.sha256,
-                         progress=not getattr(args, "quiet", False))
+    return resolve_model(args.model, config=args.config, scale=args.scale, device=device, sha256=args.sha256,
+                         progress=not getattr(args, "quiet", False), resize_upsampler=args.resize_upsampler)
 
 
 def _err(message: str) -> None:
@@ -203,10 +250,16 @@ def run(args: argparse.Namespace) -> int:
     from ribsr.memory import is_out_of_memory
 
     out_dir = Path(args.output)
+    check_output_folder(out_dir)
     jobs, problems = discover(args.inputs, args.recursive, out_dir.resolve())
     for message in problems:
         _err(f"error: {message}")
-    if not jobs:
+    jobs, own = split_own_outputs(jobs, out_dir, args.suffix)
+    if own:
+        names = ", ".join(p.name for p in own[:5]) + (f" and {len(own) - 5} more" if len(own) > 5 else "")
+        _err(f"note: skipped {len(own)} input(s) in {out_dir} as outputs of an earlier run (named "
+             f"<source>{args.suffix or '_x<N>'} beside their source): {names}")
+    if not jobs and not own:
         _err("error: no images to upscale")
         return 1
     failed = len(problems)
@@ -224,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
 
     pending: list[tuple[Job, Path, str]] = []
     used: dict[Path, Path] = {}
-    skipped = 0
+    skipped = len(own)
     for job in jobs:
         try:
             dest, pil_format = output_path(job, out_dir, suffix, args.format)

@@ -209,3 +209,20 @@ def test_cli_info_and_upscale_take_a_url(server, torch_home, checkpoint, tmp_pat
     assert main(["-q", "upscale", str(image), "-o", str(tmp_path / "out"), "--model", url, "--device", "cpu"]) == 0
     assert Image.open(tmp_path / "out" / "in_x2.png").size == (24, 20)
     assert server.requests == {"/sst_tiny_x2.safetensors": 2}  # the refused download, then one for info + upscale
+
+
+def test_cli_convert_takes_a_url_and_records_it(server, torch_home, checkpoint, tmp_path):
+    from safetensors import safe_open
+
+    local = load_model(checkpoint)
+    pth = tmp_path / "SST_tiny_x2.pth"
+    torch.save({"params_ema": local.state_dict()}, pth)
+    server.files["/SST_tiny_x2.pth"] = pth.read_bytes()
+    config = tmp_path / "tiny.json"
+    config.write_text(local.config.to_json())
+    url, dst = server.url("/SST_tiny_x2.pth"), tmp_path / "out.safetensors"
+    assert main(["-q", "convert", url, str(dst), "--config", str(config), "--sha256", _sha256(pth)]) == 0
+    with safe_open(str(dst), framework="pt") as f:
+        assert f.metadata()["source"] == url
+    converted = load_model(dst)
+    assert all(torch.equal(v, local.state_dict()[k]) for k, v in converted.state_dict().items())

@@ -226,3 +226,22 @@ def test_cli_convert_takes_a_url_and_records_it(server, torch_home, checkpoint, 
         assert f.metadata()["source"] == url
     converted = load_model(dst)
     assert all(torch.equal(v, local.state_dict()[k]) for k, v in converted.state_dict().items())
+
+
+def test_cli_upscale_takes_an_onnx_url(server, torch_home, checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from PIL import Image
+
+    from ribsr.onnx import export_onnx
+
+    onnx_file = export_onnx(load_model(checkpoint), tmp_path / "tiny_x2.onnx", check=False)
+    server.files["/tiny_x2.onnx"] = onnx_file.read_bytes()
+    url = server.url("/tiny_x2.onnx")
+    image = tmp_path / "in.png"
+    Image.new("RGB", (12, 10), (40, 120, 200)).save(image)
+    args = ["-q", "upscale", str(image), "-o", str(tmp_path / "out"), "--model", url, "--device", "cpu"]
+    assert main([*args, "--sha256", "2" * 64]) == 2 and _cache_files(torch_home) == []
+    assert main([*args, "--sha256", _sha256(onnx_file)]) == 0
+    assert Image.open(tmp_path / "out" / "in_x2.png").size == (24, 20)
+    assert _cache_files(torch_home) == ["tiny_x2.onnx"]

@@ -48,6 +48,20 @@ def _tile(value: str) -> int | str:
     return n
 
 
+# Inputs whose output would have more pixels are refused (the whole output is held in memory).
+DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
+
+
+def _pixels(value: str) -> int:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {value!r}") from None
+    if not n >= 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: no limit), got {value}")
+    return int(n)
+
+
 def _positive(kind: type) -> Any:
     def parse(value: str) -> Any:
         try:
@@ -73,8 +87,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("-o", "--output", default="results", metavar="OUT",
                    help="output folder (default: %(default)s)")
     p.add_argument("--model", default=None,
-                   help="checkpoint path or http(s) URL, downloaded once into the torch.hub cache "
-                   "(default: the bundled default model)")
+                   help="checkpoint path or http(s) URL, downloaded once into the torch.hub cache, or an "
+                   ".onnx file from ribsr export-onnx (default: the bundled default model)")
     p.add_argument("--sha256", default=None, metavar="HEX",
                    help="expected SHA-256 of the model file (for a URL: checked before it enters the cache)")
     p.add_argument("--config", default=None,
@@ -91,6 +105,9 @@ def add_parser(subparsers: Any) -> None:
                    help="minimum tile overlap in input pixels (default: the model's largest window)")
     p.add_argument("--batch-size", type=_positive(int), default=None,
                    help="tiles per forward pass (default: as many as fit the memory budget, at most 8)")
+    p.add_argument("--max-output-pixels", type=_pixels, default=DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
+                   help="refuse inputs whose output would have more pixels, checked before decoding "
+                   "(default: %(default)s = 16384x16384; 0: no limit)")
     p.add_argument("--max-memory", type=_positive(float), default=None, metavar="GB",
                    help="memory budget in GiB for one image's activations and buffers")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
@@ -230,9 +247,26 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
     is resized only with ``--resize-upsampler``.
     """
     from ribsr.checkpoint import resolve_model
+    from ribsr.hub import fetch
+    from ribsr.onnx import OnnxModel, is_onnx_path
 
+    if is_onnx_path(args.model):  # run by onnxruntime; the file's metadata gives scale and alignment
+        if args.config is not None:
+            raise ValueError(f"--config does not apply to {args.model}: an ONNX file carries its network")
+        return OnnxModel(fetch(args.model, sha256=args.sha256, progress=not getattr(args, "quiet", False)))
     return resolve_model(args.model, config=args.config, scale=args.scale, device=device, sha256=args.sha256,
                          progress=not getattr(args, "quiet", False), resize_upsampler=args.resize_upsampler)
+
+
+def too_large(exc: Any, scale: int, limit: int) -> str:
+    """The message for an input refused by ``--max-output-pixels`` (``exc``: an ImageTooLargeError)."""
+    from ribsr.memory import GIB, image_buffer_bytes
+
+    (w, h), s = exc.size, scale
+    return (f"{exc.path}: {w}x{h} upscaled x{s} would be {s * w}x{s * h} ({s * s * w * h / 1e6:,.0f} megapixels), "
+            f"more than --max-output-pixels {limit} ({limit / 1e6:,.0f} megapixels); not decoded. The whole "
+            f"output is held in memory (about {image_buffer_bytes(h, w, s) / GIB:,.1f} GiB for this image's "
+            f"buffers): raise --max-output-pixels to upscale it anyway")
 
 
 def _err(message: str) -> None:
@@ -245,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ribsr.devices import resolve_device
-    from ribsr.imageio import ImageReadError, read_image, write_image
+    from ribsr.imageio import ImageReadError, ImageTooLargeError, read_image, write_image
     from ribsr.inference import Upscaler
     from ribsr.memory import is_out_of_memory
 
@@ -274,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--scale {args.scale} asked for, but the model upscales x{upscaler.scale}")
     load_s = time.perf_counter() - t0
     suffix = f"_x{upscaler.scale}" if args.suffix is None else args.suffix
+    max_input_pixels = args.max_output_pixels // upscaler.scale**2 if args.max_output_pixels else None
 
     pending: list[tuple[Job, Path, str]] = []
     used: dict[Path, Path] = {}
@@ -302,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
         for job, dest, pil_format in pending:
             images.set_postfix_str(job.source.name)
             try:
-                img = read_image(job.source)
+                img = read_image(job.source, max_pixels=max_input_pixels)
                 for note in img.notes:
                     _err(f"note: {job.source}: {note}")
                 with tqdm(unit="tile", leave=False, disable=None, dynamic_ncols=True) as tiles:
@@ -314,6 +349,9 @@ def run(args: argparse.Namespace) -> int:
                     result = upscaler.upscale_decoded(img, progress)
                 for note in write_image(result, dest, pil_format, overwrite=args.overwrite):
                     _err(f"note: {dest}: {note}")
+            except ImageTooLargeError as exc:
+                _err(f"error: {too_large(exc, upscaler.scale, args.max_output_pixels)}")
+                failed += 1
             except ImageReadError as exc:
                 _err(f"error: {exc}")
                 failed += 1

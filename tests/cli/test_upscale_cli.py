@@ -283,3 +283,64 @@ def test_sample_with_the_bundled_model(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     with Image.open(tmp_path / "out" / "butterfly_x2.png") as out:
         assert out.size == (256, 256) and out.mode == "RGB"
+
+
+# ---------------------------------------------------------------------- 16 bits, size limit, animation
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_16bit_tiff_keeps_16_bits(tmp_path, model, capsys, channels):
+    tifffile = pytest.importorskip("tifffile")
+    arr = np.random.default_rng(4).integers(0, 65536, (14, 18, channels)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "deep.tif", arr[..., 0] if channels == 1 else arr,
+                     photometric="minisblack" if channels == 1 else "rgb",
+                     extrasamples=["unassalpha"] if channels == 4 else None)
+    rc = main(["upscale", str(tmp_path / "deep.tif"), "-o", str(tmp_path / "out"), "--model", model,
+               "--format", "same"])
+    assert rc == 0
+    assert "note" not in capsys.readouterr().err  # nothing reduced or dropped
+    out = tifffile.imread(tmp_path / "out" / "deep_x2.tif")
+    assert out.dtype == np.uint16 and out.shape == ((28, 36) if channels == 1 else (28, 36, channels))
+    inner = out[(out > 0) & (out < 65535)]  # the random network clips many samples
+    assert inner.size > 500 and np.mean(inner % 257 != 0) > 0.9  # 16-bit samples, not 8-bit ones (v * 257)
+    if channels == 4:
+        from ribsr.imresize import imresize
+
+        expected = np.clip(imresize(arr[..., 3].astype(np.float32) / 65535, 2), 0, 1)
+        np.testing.assert_allclose(out[..., 3] / 65535, expected, atol=1 / 65535)
+    assert main(["upscale", str(tmp_path / "deep.tif"), "-o", str(tmp_path / "png"), "--model", model]) == 0
+    w, h, rows, info = png.Reader(filename=str(tmp_path / "png" / "deep_x2.png")).asDirect()
+    assert (w, h) == (36, 28) and info["bitdepth"] == 16 and info["planes"] == channels
+
+
+def test_huge_declared_size_is_refused_before_decoding(tmp_path, model, capsys):
+    Image.new("1", (12000, 12000)).save(tmp_path / "huge.png")  # 144 megapixels in ~18 KB
+    make_png(tmp_path / "small.png")
+    rc = main(["upscale", str(tmp_path / "huge.png"), str(tmp_path / "small.png"), "-o", str(tmp_path / "out"),
+               "--model", model])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "huge.png: 12000x12000 upscaled x2 would be 24000x24000 (576 megapixels)" in err
+    assert "--max-output-pixels 268435456" in err and "budget" not in err
+    assert files_under(tmp_path / "out") == ["small_x2.png"]  # the other input is still upscaled
+
+
+def test_max_output_pixels_flag(tmp_path, model, capsys):
+    make_png(tmp_path / "a.png", size=(20, 14))  # output 40x28 = 1120 pixels
+    args = ["upscale", str(tmp_path / "a.png"), "--model", model]
+    assert main([*args, "-o", str(tmp_path / "o1"), "--max-output-pixels", "1119"]) == 1
+    assert "a.png: 20x14 upscaled x2 would be 40x28" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "o2"), "--max-output-pixels", "1120"]) == 0
+    assert main([*args, "-o", str(tmp_path / "o3"), "--max-output-pixels", "0"]) == 0  # no limit
+    for bad in ("-1", "many", "inf"):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--max-output-pixels", bad])
+        assert exc.value.code == 2
+
+
+def test_animated_gif_says_only_the_first_frame_is_upscaled(tmp_path, model, capsys):
+    frames = [Image.new("RGB", (10, 8), (80 * i, 255 - 80 * i, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=[100, 200, 300], loop=0)
+    assert main(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "out"), "--model", model]) == 0
+    err = capsys.readouterr().err
+    assert "anim.gif: 3 frames (animated or multi-page image): only the first frame is used" in err
+    with Image.open(tmp_path / "out" / "anim_x2.png") as out:
+        assert out.size == (20, 16)

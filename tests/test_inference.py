@@ -222,6 +222,14 @@ def test_choose_tiling_never_goes_below_two_windows():
     assert choose_tiling(500, 500, 2, 64, budget_bytes=1e6, cost=cost) == (128, 1)
 
 
+def test_a_budget_below_the_image_buffers_is_named_as_such(caplog):
+    cost = MemoryCost(0.0, 1000.0, "test")
+    with caplog.at_level("WARNING", logger="ribsr.tiling"):
+        choose_tiling(12000, 12000, 2, 16, budget_bytes=7 * 2**30, cost=cost)  # buffers: ~20 GiB
+    assert "this 12000x12000 image's own buffers" in caplog.text and "about 20.38 GiB" in caplog.text
+    assert "what one" not in caplog.text  # not a tile that does not fit: no tile size could help
+
+
 def test_measured_memory_cost_grows_with_the_feature_width(window_model):
     narrow = measure_memory_cost(window_model(dim=8), align=16)
     wide = measure_memory_cost(window_model(dim=64), align=16)

@@ -216,7 +216,12 @@ def choose_tiling(
     avail = budget_bytes - image_buffer_bytes(h, w, scale) - cost.fixed_bytes
     pixels = max(avail, 0.0) / cost.bytes_per_pixel
     tile = max(2 * align, int(math.sqrt(pixels)) // align * align)
-    if pixels < tile * tile:
+    buffers = image_buffer_bytes(h, w, scale) + cost.fixed_bytes
+    if buffers > budget_bytes:  # no tile size can help: the whole input and output are held in memory
+        log.warning("memory budget of %.2f GiB is below what this %dx%d image's own buffers (input, output x%d, "
+                    "encoding copies) and the model's fixed memory need, about %.2f GiB without any tile; using "
+                    "%dx%d tiles anyway", budget_bytes / GIB, w, h, scale, buffers / GIB, tile, tile)
+    elif pixels < tile * tile:
         log.warning("memory budget of %.2f GiB is below what one %dx%d tile needs; using that tile anyway",
                     budget_bytes / GIB, tile, tile)
     return tile, batch_that_fits(h, w, scale, align, tile, budget_bytes, cost, max_batch)

@@ -277,6 +277,24 @@ def test_premultiplied_16bit_tiff_alpha_is_divided_out(tmp_path):
     np.testing.assert_allclose(img.alpha, 32768 / 65535, atol=1e-6)
 
 
+def test_16bit_tiff_compressions_tifffile_cannot_decode_alone(tmp_path, monkeypatch):
+    tifffile = pytest.importorskip("tifffile")
+    gray = RNG.integers(0, 65536, (6, 7)).astype(np.uint16)
+    Image.fromarray(gray).save(tmp_path / "lzw.tif", compression="tiff_lzw")  # LZW: imagecodecs in tifffile
+    img = read_image(tmp_path / "lzw.tif")  # Pillow reads 16-bit gray at 16 bits
+    assert img.bit_depth == 16 and img.notes == []
+    np.testing.assert_array_equal(np.rint(img.rgb[..., 0] * 65535).astype(np.uint16), gray)
+    rgb = RNG.integers(0, 65536, (6, 7, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", compression="zlib")
+
+    def no_codec(self, key):
+        raise KeyError(f"{key} requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(type(tifffile.TIFF.DECOMPRESSORS), "__getitem__", no_codec)  # as without imagecodecs
+    img = read_image(tmp_path / "rgb.tif")  # Pillow: 8 bits, and says so
+    assert img.bit_depth == 8 and any("8 bits" in n and "imagecodecs" in n for n in img.notes)
+
+
 def test_8bit_tiff_still_goes_through_pillow(tmp_path):
     rgb = RNG.integers(0, 256, (5, 6, 3)).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "e.tif")

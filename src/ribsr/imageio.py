@@ -238,6 +238,11 @@ def _read_tiff16(path: Path, max_pixels: int | None) -> tuple[DecodedImage, int 
         photometric = int(page.photometric)
         if page.bitspersample != 16 or int(page.sampleformat) != 1 or photometric not in (1, 2):
             return None  # 1 = BlackIsZero gray, 2 = RGB; 1 = unsigned integer samples
+        try:
+            tifffile.TIFF.DECOMPRESSORS[page.compression]
+            tifffile.TIFF.UNPREDICTORS[page.predictor]
+        except KeyError:  # tifffile decodes this only with imagecodecs installed (LZW, JPEG, ...): Pillow
+            return None
         height, width = page.imagelength, page.imagewidth
         if max_pixels is not None and width * height > max_pixels:
             raise ImageTooLargeError(path, (width, height), max_pixels)
@@ -324,7 +329,9 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> D
                     im.load()  # decode now so that truncated or corrupt data fails here
                     img = from_pil(im)
                     if 16 in _tiff_bits(im) and img.bit_depth == 8:
-                        img.notes.append("16-bit TIFF of a kind read only with 8 bits (Pillow); precision lost")
+                        img.notes.append("16-bit TIFF read with 8 bits by Pillow, precision lost (16-bit gray "
+                                         "and RGB TIFFs keep 16 bits through tifffile, which needs the imagecodecs "
+                                         "package for LZW and JPEG compression: pip install imagecodecs)")
                 img.frames = getattr(im, "n_frames", 1)
         if img.frames > 1:
             img.notes.append(f"{img.frames} frames (animated or multi-page image): only the first frame is used")

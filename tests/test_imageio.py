@@ -295,6 +295,18 @@ def test_16bit_tiff_compressions_tifffile_cannot_decode_alone(tmp_path, monkeypa
     assert img.bit_depth == 8 and any("8 bits" in n and "imagecodecs" in n for n in img.notes)
 
 
+def test_lzw_16bit_rgba_tiff_keeps_16_bits_with_imagecodecs(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("imagecodecs")
+    rgba = RNG.integers(0, 65536, (6, 7, 4)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "lzw.tif", rgba, photometric="rgb", extrasamples=["unassalpha"],
+                     compression="lzw", predictor=True)  # as image editors write them
+    img = read_image(tmp_path / "lzw.tif")
+    assert img.bit_depth == 16 and img.notes == []
+    np.testing.assert_array_equal(np.rint(img.rgb * 65535).astype(np.uint16), rgba[..., :3])
+    np.testing.assert_array_equal(np.rint(img.alpha * 65535).astype(np.uint16), rgba[..., 3])
+
+
 def test_8bit_tiff_still_goes_through_pillow(tmp_path):
     rgb = RNG.integers(0, 256, (5, 6, 3)).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "e.tif")

@@ -128,7 +128,7 @@ FORMATS: dict[str, _Format] = {
                     options=(("quality", 95), ("subsampling", 0))),
     "WEBP": _Format(".webp", alpha=True, gray16=False, color16=False, options=(("quality", 95),)),
     "BMP": _Format(".bmp", alpha=False, gray16=False, color16=False),
-    # 8-bit TIFF: Pillow with LZW; 16-bit TIFF: tifffile with Deflate (its LZW needs imagecodecs)
+    # 8-bit TIFF: Pillow with LZW; 16-bit TIFF: tifffile with Deflate (which needs no imagecodecs)
     "TIFF": _Format(".tif", alpha=True, gray16=True, color16=True, options=(("compression", "tiff_lzw"),)),
 }
 

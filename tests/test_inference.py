@@ -386,6 +386,15 @@ def test_empty_images_are_refused(nearest_model, image):
         Upscaler(nearest_model(), tile=0).upscale(image)
 
 
+def test_an_animated_pil_image_warns_that_one_frame_is_upscaled(nearest_model, tmp_path, caplog):
+    frames = [Image.new("RGB", (6, 4), (80 * i, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    with Image.open(tmp_path / "anim.gif") as im, caplog.at_level("WARNING", logger="ribsr.inference"):
+        out = Upscaler(nearest_model(), tile=0).upscale(im)
+    assert out.size == (12, 8)
+    assert "anim.gif has 3 frames" in caplog.text and "only the current frame (0)" in caplog.text
+
+
 def test_alpha_is_upscaled_with_bicubic_imresize(nearest_model):
     from ribsr.imresize import imresize
 

@@ -314,6 +314,10 @@ class Upscaler:
         if isinstance(image, torch.Tensor):
             return self.upscale_tensor(image, progress)  # type: ignore[return-value]
         if isinstance(image, Image.Image):
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                log.warning("%s has %d frames (animated or multi-page): only the current frame (%d) is upscaled",
+                            getattr(image, "filename", None) or "the image", frames, image.tell())
             return to_pil(self.upscale_decoded(from_pil(image), progress))  # type: ignore[return-value]
         if isinstance(image, np.ndarray):
             check_pixels(image)

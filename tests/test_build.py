@@ -78,7 +78,7 @@ def test_presets_default_to_x2_and_overrides_apply_to_every_input(tmp_path):
 
 def test_a_file_without_a_network_says_so(tmp_path):
     path = _write(tmp_path / "datasets.yml", {"name": "x", "scale": 2, "datasets": {"train": {"type": "Paired"}}})
-    with pytest.raises(ConfigError, match="no network_g block and no network fields") as info:
+    with pytest.raises(ConfigError, match="no network_g block: this looks like an option file") as info:
         build_model(path)
     assert str(path) in str(info.value)
 

@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import json
+import os
+import resource
+import stat
+import time
+
 import pytest
 import torch
 import yaml
@@ -15,7 +21,7 @@ from ribsr.checkpoint import (
     resize_upsampler,
     save_model,
 )
-from ribsr.config import PRESETS, SSTConfig, preset
+from ribsr.config import PRESETS, ConfigError, SSTConfig, preset
 
 TINY = dict(dim=24, window_sizes=(8, 16), num_heads=(3, 3), ranks=(4, 8), n_blocks=1, rib_hidden_dim=8, rib_n_freqs=2)
 
@@ -90,14 +96,26 @@ def test_params_ema_is_preferred(tmp_path):
     assert torch.equal(state["proj.weight"], ema.state_dict()["proj.weight"])
 
 
-def test_mismatch_lists_keys_and_suggests_preset(tmp_path):
+def test_mismatch_names_the_fields_and_suggests_preset(tmp_path):
     model = build_model("light", scale=3)
     path = _paper_file(tmp_path, model.state_dict())
     with pytest.raises(CheckpointError) as info:
         load_model(path, config="base")
     msg = str(info.value)
-    assert "paper.pth" in msg and "missing keys" in msg and "mis-shaped keys" in msg
+    assert "paper.pth" in msg
+    assert "dim: the config says 180, proj.weight has 48" in msg and "n_blocks: the config says 6" in msg
+    assert "num_heads: the config says [6, 6, 6, 6, 6, 6], the first block's weights [3, 3, 3, 3, 3, 3]" in msg
     assert "light x3" in msg and "light+ x3" in msg
+
+
+def test_mismatch_of_the_same_structure_lists_keys(tmp_path):
+    model = build_sst(SSTConfig(**TINY))
+    path = _paper_file(tmp_path, model.state_dict())
+    with pytest.raises(CheckpointError) as info:
+        load_model(path, config=SSTConfig(**TINY, gate_type="Linear"))
+    msg = str(info.value)
+    assert "paper.pth" in msg and "mis-shaped keys" in msg and "body.0.0.attn.gate.0.weight" in msg
+    assert "no preset fits it" in msg
 
 
 def test_pth_without_config_is_refused_with_hint(tmp_path):
@@ -249,3 +267,127 @@ def test_dtype_and_attention_options(tmp_path):
     m = load_model(path, dtype=torch.float64, attention="reference")
     assert next(m.parameters()).dtype == torch.float64 and m.attention == "reference"
     assert preset("light").replace(n_blocks=1) == m.config.replace(name="light")
+
+
+# ------------------------------------------------------------------ hostile or broken files and configs
+def _ours_with(tmp_path, state, config_text, name="hostile.safetensors"):
+    """A file of our format whose config metadata is ``config_text`` (as a hostile or broken file has it)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / name
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={"format": "ribsr-sst", "ribsr_config": config_text})
+    return path
+
+
+def _refused_fast(load, *names):
+    """``load()`` is refused with a ConfigError or CheckpointError naming each of ``names``, in well under a
+    second and without growing the process's peak memory (nothing is built for what the file claims)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.perf_counter()
+    with pytest.raises((ConfigError, CheckpointError)) as info:
+        load()
+    elapsed = time.perf_counter() - start
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    msg = str(info.value)
+    assert all(n in msg for n in names), msg
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"  # about 1 ms; building 64 blocks took minutes
+    assert grown_mib < 50, f"peak memory grew by {grown_mib:.0f} MiB"
+    return msg
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"n_blocks": 10**9}, "n_blocks"),
+        ({"window_sizes": [100000, 100000]}, "window_sizes"),
+        ({"exp_ratio": float("inf")}, "exp_ratio"),  # json writes Infinity, which Python's json reads back
+        ({"exp_ratio": float("nan")}, "exp_ratio"),
+        ({"exp_ratio": 1e-9}, "exp_ratio"),
+        ({"dim": "24"}, "dim"),
+        ({"ranks": [4, None]}, "ranks"),
+        ({"attn_type": ["RIB"]}, "attn_type"),
+    ],
+)
+def test_hostile_config_metadata_is_refused_fast(tmp_path, change, field):
+    cfg = SSTConfig(**TINY)
+    text = json.dumps({**cfg.to_dict(), **change})
+    path = _ours_with(tmp_path, build_sst(cfg).state_dict(), text)
+    _refused_fast(lambda: load_model(path), str(path), "metadata field 'ribsr_config'", field)
+
+
+@pytest.mark.parametrize(
+    "change,problem",
+    [
+        ({"n_blocks": 64}, "n_blocks: the config says 64, the weights hold 1"),
+        ({"window_sizes": [8] * 32, "num_heads": [3] * 32, "ranks": [4] * 32}, "layers per block: the config has 32"),
+        ({"dim": 1020}, "dim: the config says 1020, proj.weight has 24"),
+        ({"ranks": [4, 256]}, "ranks: the config says [4, 256], the first block's weights [4, 8]"),
+        ({"exp_ratio": 16}, "exp_ratio: the config's 16 gives 384 feed-forward channels"),
+    ],
+)
+def test_a_config_that_contradicts_the_tensors_is_refused_before_building(tmp_path, change, problem):
+    """Within the bounds, but claiming more than the file holds: refused from the shapes, nothing built."""
+    cfg = SSTConfig(**TINY)
+    path = _ours_with(tmp_path, build_sst(cfg).state_dict(), json.dumps({**cfg.to_dict(), **change}))
+    _refused_fast(lambda: load_model(path), str(path), problem)
+
+
+@pytest.mark.parametrize("attn_type,key", [("RPB", "relative_position_bias"), ("FlashBias", "flashbias_q")])
+def test_window_sizes_are_checked_against_positional_tensors(tmp_path, attn_type, key):
+    cfg = SSTConfig(**TINY, attn_type=attn_type)
+    path = _ours_with(tmp_path, build_sst(cfg).state_dict(),
+                      json.dumps({**cfg.to_dict(), "window_sizes": [8, 128]}))
+    _refused_fast(lambda: load_model(path), str(path), "window_sizes: the config says [8, 128], "
+                  "the first block's weights [8, 16]")
+
+
+@pytest.mark.parametrize("text,problem", [("{not json", "not valid JSON"), ("[1, 2]", "must be an object"),
+                                          ("null", "must be an object")])
+def test_broken_config_metadata_names_the_file_and_field(tmp_path, text, problem):
+    path = _ours_with(tmp_path, build_sst(SSTConfig(**TINY)).state_dict(), text)
+    with pytest.raises(ConfigError) as info:
+        read_checkpoint(path)
+    msg = str(info.value)
+    assert str(path) in msg and "metadata field 'ribsr_config'" in msg and problem in msg
+
+
+@pytest.mark.parametrize(
+    "network_g,problem",
+    [({"n_blocks": 10**9}, "n_blocks must be an integer in [1, 64]"),
+     ({"n_blocks": 64}, "n_blocks: the config says 64"),
+     ({"window_sizes": [100000, 16]}, "window_sizes must hold integers in [1, 128]"),
+     ({"exp_ratio": float("nan")}, "exp_ratio must be a finite number")],
+)
+def test_a_paper_pth_with_a_hostile_config_is_refused_fast(tmp_path, network_g, problem):
+    cfg = SSTConfig(**TINY)
+    path = _paper_file(tmp_path, build_sst(cfg).state_dict())
+    option_file = tmp_path / "opt.yml"
+    option_file.write_text(yaml.safe_dump({"network_g": {**cfg.to_network_g(), **network_g}}))
+    _refused_fast(lambda: load_model(path, config=str(option_file)), "opt.yml" if "must" in problem else "paper.pth",
+                  problem)
+
+
+def test_an_option_file_without_network_g_says_so(tmp_path):
+    path = _paper_file(tmp_path, build_sst(SSTConfig(**TINY)).state_dict())
+    option_file = tmp_path / "train.yml"
+    option_file.write_text(yaml.safe_dump({"name": "x", "scale": 2, "datasets": {"train": {"name": "T91"}},
+                                           "train": {"total_iter": 10}, "n_blocks": 2}))
+    with pytest.raises(ConfigError) as info:
+        load_model(path, config=option_file)
+    msg = str(info.value)
+    assert str(option_file) in msg and "no network_g block" in msg, msg
+
+
+def test_saved_files_get_the_umask_mode_and_leave_no_temporary_file(tmp_path):
+    model = build_sst(SSTConfig(**TINY))
+    old = os.umask(0o027)
+    try:
+        path = save_model(model, tmp_path / "m.safetensors")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        os.umask(0o002)
+        save_model(model, path)  # replacing a file gives the mode of the umask too
+        assert stat.S_IMODE(path.stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

@@ -29,6 +29,9 @@ CONFIG_SUFFIXES = (".yml", ".yaml", ".json")
 # do not (a training option file has both at its top level).
 _FIELDS = frozenset(f.name for f in dataclasses.fields(SSTConfig))
 _NETWORK_KEYS = (NETWORK_G_KEYS | _FIELDS) - {"name", "scale", "type"}
+# Top-level keys of the paper's (BasicSR) option files: a mapping with one of them and no network_g is an
+# option file that lacks its network.
+_OPTION_FILE_KEYS = frozenset({"datasets", "train", "val", "logger", "path", "manual_seed", "network_d"})
 # Keys only the paper's network_g blocks use: a mapping with one of them is read as network_g.
 _PAPER_ONLY_KEYS = frozenset({"type", "upscaling_factor", "upsampler_type"})
 
@@ -79,9 +82,17 @@ def config_from_mapping(data: Mapping[str, Any], source: str | None = None) -> S
     """
     if "network_g" in data:
         return SSTConfig.from_network_g(data["network_g"], source)
+    option_keys = sorted(_OPTION_FILE_KEYS & set(data))
+    if option_keys:  # a training option file (it has no network fields at its top level)
+        raise ConfigError(
+            [f"no network_g block: this looks like an option file (it has {option_keys}), and its network "
+             f"is described by network_g; keys: {sorted(map(str, data))}"],
+            source,
+        )
     if not _NETWORK_KEYS & set(data):
         raise ConfigError(
-            [f"no network_g block and no network fields (such as dim, window_sizes, num_heads); keys: {sorted(data)}"],
+            [f"no network_g block and no network fields (such as dim, window_sizes, num_heads); keys: "
+             f"{sorted(map(str, data))}"],
             source,
         )
     if _PAPER_ONLY_KEYS & set(data):

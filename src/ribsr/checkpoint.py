@@ -128,28 +128,34 @@ def structure_problems(state: StateDict, config: SSTConfig) -> list[str]:
         p.append(f"layers per block: the config has {config.n_layers} (window_sizes {list(config.window_sizes)}), "
                  f"the first block of the weights {len(layers)} (body.0.J.attn.to_qkv)")
         return p
-    for j, (ws, heads, rank) in enumerate(zip(config.window_sizes, config.num_heads, config.ranks, strict=True)):
+    heads: list[int | None] = []  # per layer of the first block, as the weights tell (None: they do not)
+    ranks: list[int | None] = []
+    windows: list[int | None] = []
+    for j in range(config.n_layers):
         pre = f"body.0.{j}.attn."
-        rpb = _shape(state, pre + "relative_position_bias", 2)  # (heads, (2 ws - 1)**2)
-        if rpb is not None and rpb[1] != (2 * ws - 1) ** 2:
-            side = math.isqrt(rpb[1])
-            told = f"a window of {(side + 1) // 2}" if side * side == rpb[1] and side % 2 else "no window size"
-            p.append(f"window_sizes[{j}]: the config says {ws}, {pre}relative_position_bias {rpb} is for {told}")
-        factors = _shape(state, pre + "flashbias_q", 3)  # (heads, ws * ws, rank)
-        if factors is not None and factors[1] != ws * ws:
-            p.append(f"window_sizes[{j}]: the config says {ws} ({ws * ws} tokens), {pre}flashbias_q {factors} "
-                     f"holds {factors[1]} tokens")
         rib = _shape(state, pre + "to_q", 3)  # (heads, rib_hidden_dim, rank)
-        for key, shape in (("to_q", rib), ("flashbias_q", factors)):
-            if shape is not None and (shape[0], shape[2]) != (heads, rank):
-                p.append(f"num_heads[{j}], ranks[{j}]: the config says {heads}, {rank}; {pre}{key} {shape} says "
-                         f"{shape[0]}, {shape[2]}")
-        if rpb is not None and rpb[0] != heads:
-            p.append(f"num_heads[{j}]: the config says {heads}, {pre}relative_position_bias {rpb} says {rpb[0]}")
-        ffn = _shape(state, f"body.0.{j}.ffn.proj.weight", 4)
-        if ffn is not None and ffn[0] != config.ffn_hidden:
-            p.append(f"exp_ratio: the config's {config.exp_ratio} gives {config.ffn_hidden} feed-forward channels "
-                     f"(int(dim * exp_ratio)), body.0.{j}.ffn.proj.weight has {ffn[0]}")
+        factors = _shape(state, pre + "flashbias_q", 3)  # (heads, ws * ws, rank)
+        rpb = _shape(state, pre + "relative_position_bias", 2)  # (heads, (2 ws - 1)**2)
+        h_r = rib or factors
+        heads.append(h_r[0] if h_r else rpb[0] if rpb else None)
+        ranks.append(h_r[2] if h_r else None)
+        if factors is not None:
+            side = math.isqrt(factors[1])
+            windows.append(side if side * side == factors[1] else -1)
+        elif rpb is not None:
+            side = math.isqrt(rpb[1])
+            windows.append((side + 1) // 2 if side * side == rpb[1] and side % 2 else -1)
+        else:
+            windows.append(None)
+    for name, told, said in (("num_heads", heads, config.num_heads), ("ranks", ranks, config.ranks),
+                             ("window_sizes", windows, config.window_sizes)):
+        if any(t is not None and t != c for t, c in zip(told, said, strict=True)):
+            shown = ", ".join("?" if t is None else "none" if t == -1 else str(t) for t in told)
+            p.append(f"{name}: the config says {list(said)}, the first block's weights [{shown}]")
+    ffn = _shape(state, "body.0.0.ffn.proj.weight", 4)
+    if ffn is not None and ffn[0] != config.ffn_hidden:
+        p.append(f"exp_ratio: the config's {config.exp_ratio} gives {config.ffn_hidden} feed-forward channels "
+                 f"(int(dim * exp_ratio)), body.0.0.ffn.proj.weight has {ffn[0]}")
     return p
 
 
@@ -377,17 +383,24 @@ def save_model(model: SST, path: str | Path, metadata: Mapping[str, str] | None 
     meta = {"format": FORMAT_NAME, "ribsr_version": __version__, "ribsr_config": model.config.to_json()}
     meta.update(metadata or {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.chmod(tmp, _default_file_mode())  # safetensors creates files with mode 0600
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then renamed over ``path``
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.chmod(tmp, _default_file_mode())  # safetensors creates files with mode 0600
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def _default_file_mode() -> int:
     """The mode a newly created file gets from the user's umask (0644 under the usual umask 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
+        status = Path("/proc/self/status").read_text()
+        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, IndexError, ValueError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 

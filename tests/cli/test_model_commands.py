@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
+import pytest
 import torch
 
 from conftest import REPO
+from ribsr.build import build_sst
 from ribsr.checkpoint import load_model
 from ribsr.cli import main
+from ribsr.config import SSTConfig
 
 FIXTURES = REPO / "tests" / "fixtures" / "official"
 
@@ -59,3 +64,53 @@ def test_convert_then_info(tmp_path, capsys):
     assert main(["info", str(dst)]) == 0
     out = capsys.readouterr().out
     assert "config:" in out and "pixelshuffle x3" in out
+
+
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_convert_and_export_write_files_with_the_umask_mode(tmp_path, capsys, mask, mode):
+    """Not 0600 (what the safetensors library gives the files it writes)."""
+    src = FIXTURES / "pixelshuffle_x3.pth"
+    network_g = json.loads((FIXTURES / "cases.json").read_text())["pixelshuffle_x3"]["network_g"]
+    cfg_file = tmp_path / "opt.json"
+    cfg_file.write_text(json.dumps({"network_g": network_g}))
+    config = SSTConfig.from_network_g(network_g)
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    state = {"iteration": 4, "model": build_sst(config).state_dict(), "optimizer": {}, "scheduler": {},
+             "options": {"name": "tiny"}, "config": config.to_json()}
+    torch.save(state, run / "iter_00000004.pt")
+    old = os.umask(mask)
+    try:
+        assert main(["convert", str(src), str(tmp_path / "c.safetensors"), "--config", str(cfg_file)]) == 0
+        assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "e.safetensors")]) == 0
+    finally:
+        os.umask(old)
+    written = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert written == ["c.safetensors", "e.pth", "e.safetensors", "opt.json"]
+    for name in ("c.safetensors", "e.safetensors", "e.pth"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_hostile_config_metadata_is_an_error_naming_file_and_field(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    network_g = json.loads((FIXTURES / "cases.json").read_text())["pixelshuffle_x3"]["network_g"]
+    tensors = build_sst(SSTConfig.from_network_g(network_g)).state_dict()
+    path = tmp_path / "bad.safetensors"
+    for text, problem in (("{oops", "not valid JSON"), (json.dumps({"n_blocks": 10**9}), "missing field 'dim'")):
+        save_file(tensors, str(path), metadata={"ribsr_config": text})
+        assert main(["info", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and "metadata field 'ribsr_config'" in err and problem in err, err
+
+
+@pytest.mark.parametrize("command", ["upscale", "convert"])
+def test_an_option_file_without_network_g_is_an_error_naming_it(tmp_path, capsys, command):
+    opt = tmp_path / "train.yml"
+    opt.write_text("name: x\nscale: 3\nn_blocks: 2\ndatasets:\n  train:\n    name: T91\n")  # network_g left out
+    src = str(FIXTURES / "pixelshuffle_x3.pth")
+    args = {"upscale": ["upscale", src, "-o", str(tmp_path / "out"), "--model", src],
+            "convert": ["convert", src, str(tmp_path / "c.safetensors")]}[command]
+    assert main([*args, "--config", str(opt)]) == 2
+    err = capsys.readouterr().err
+    assert str(opt.name) in err and "no network_g block" in err, err

@@ -349,6 +349,10 @@ def test_pillow_decompression_bomb_is_an_image_read_error(tmp_path, monkeypatch)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # errors above twice this
     with pytest.raises(ImageReadError, match="bomb.png: refused without decoding"):
         read_image(tmp_path / "bomb.png")
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "bomb.tif", np.zeros((20, 20, 3), np.uint16), photometric="rgb")  # tifffile's path
+    with pytest.raises(ImageReadError, match="bomb.tif: refused without decoding: 20x20"):
+        read_image(tmp_path / "bomb.tif")
 
 
 @pytest.mark.parametrize("fmt,options", [("GIF", {}), ("PNG", {}), ("WEBP", {"lossless": True})])

@@ -246,6 +246,11 @@ def _read_tiff16(path: Path, max_pixels: int | None) -> tuple[DecodedImage, int 
         height, width = page.imagelength, page.imagewidth
         if max_pixels is not None and width * height > max_pixels:
             raise ImageTooLargeError(path, (width, height), max_pixels)
+        bomb = Image.MAX_IMAGE_PIXELS and 2 * Image.MAX_IMAGE_PIXELS  # the size Pillow refuses to open
+        if bomb and width * height > bomb:
+            raise ImageReadError(f"{path}: refused without decoding: {width}x{height} ({width * height:,} pixels) is "
+                                 f"more than {bomb:,} pixels (twice PIL.Image.MAX_IMAGE_PIXELS), a possible "
+                                 f"decompression bomb")
         data = page.asarray()
         orientation_tag = page.tags.get(274)  # TIFF Orientation, as EXIF's
         orientation = None if orientation_tag is None else int(orientation_tag.value)

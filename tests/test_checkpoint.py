@@ -391,3 +391,18 @@ def test_saved_files_get_the_umask_mode_and_leave_no_temporary_file(tmp_path):
     finally:
         os.umask(old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"upsampler.up_conv.bias": None}, {"upsampler.up_conv.bias": torch.zeros(5)},
+     {"upsampler.up_conv.weight": torch.zeros(12)}],
+)
+def test_resizing_a_broken_upsampler_is_a_checkpoint_error(tmp_path, change):
+    """With the resizing asked for, odd up_conv tensors are named (they gave KeyError, RuntimeError, unpacking
+    errors)."""
+    cfg = SSTConfig(**TINY)
+    state = {**build_sst(cfg).state_dict(), **change}
+    path = _ours_with(tmp_path, {k: v for k, v in state.items() if v is not None}, cfg.to_json())
+    with pytest.raises(CheckpointError, match=r"hostile\.safetensors: cannot resize the upsampler: upsampler\.up_conv"):
+        load_model(path, scale=3, resize_upsampler=True)

@@ -202,7 +202,11 @@ def resize_upsampler(state: StateDict, upsampler: str, from_scale: int, to_scale
     if upsampler not in ("pixelshuffle_direct", "pixelshuffle"):
         raise CheckpointError(f"cannot change the scale of a {upsampler!r} upsampler ({from_scale} -> {to_scale})")
     state = dict(state)
-    w, b = state["upsampler.up_conv.weight"], state["upsampler.up_conv.bias"]
+    w, b = state.get("upsampler.up_conv.weight"), state.get("upsampler.up_conv.bias")
+    if w is None or b is None or w.ndim != 4 or tuple(b.shape) != (w.shape[0],) or w.shape[0] % (from_scale ** 2):
+        shapes = [None if t is None else tuple(t.shape) for t in (w, b)]
+        raise CheckpointError(f"cannot resize the upsampler: upsampler.up_conv weight and bias {shapes} are not "
+                              f"those of an x{from_scale} pixel-shuffle conv")
     groups = b.shape[0] // (from_scale * from_scale)
     oc, ic, kh, kw = w.shape
     # (groups*s*s, Cin, kh, kw) -> (Cin*kh*kw, groups, s, s)
@@ -324,7 +328,10 @@ def _at_scale(
     if resizable and weights is not None and weights != target:
         if stored is not None:  # the upsampler's shape, not the metadata, is what gets resized
             weights = checkpoint_scale(state, cfg.upsampler) or weights
-        resized = _resize(state, cfg.upsampler, weights, target)
+        try:
+            resized = _resize(state, cfg.upsampler, weights, target)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
         _check_fit(resized, cfg, path, original=state)
         log.warning("%s holds x%d weights: resized its upsampler to x%d (untrained)", path.name, weights, target)
         return cfg, resized

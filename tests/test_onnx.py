@@ -36,11 +36,12 @@ def max_diff(model: torch.nn.Module, onnx_model: OnnxModel, x: torch.Tensor) -> 
         return (model(x) - onnx_model(x)).abs().max().item()
 
 
-@pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory) -> tuple[ribsr.SST, OnnxModel]:
+@pytest.fixture(scope="module", params=[False, True], ids=["standard", "fused"])
+def tiny_pair(request, tmp_path_factory) -> tuple[ribsr.SST, OnnxModel]:
+    """A tiny model and its export, with standard ONNX attention or onnxruntime's fused MultiHeadAttention."""
     torch.manual_seed(0)
     model = tiny()
-    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", fused_attention=request.param)
     return model, OnnxModel(path)
 
 
@@ -64,6 +65,20 @@ def test_metadata_describes_the_model(tiny_pair) -> None:
     assert onnx_model.config == model.config
     assert onnx_model.metadata["ribsr_dtype"] == "float32"
     assert onnx_model.input_type == "float32"
+
+
+def test_attention_operators(tiny_pair) -> None:
+    import onnx
+
+    onnx_model = tiny_pair[1]
+    nodes = onnx.load(str(onnx_model.path)).graph.node
+    fused = [n for n in nodes if n.op_type == "MultiHeadAttention"]
+    if onnx_model.metadata["ribsr_attention"] == "standard":
+        assert not fused and {n.domain for n in nodes} <= {"", "ai.onnx"}  # runs in any ONNX runtime
+        assert onnx_model.metadata["ribsr_score_bytes_per_pixel"] == str(3 * 8 * 8 * 4)  # heads * N * 4
+    else:
+        assert len(fused) == 2 and {n.domain for n in fused} == {"com.microsoft"}  # one per layer
+        assert onnx_model.metadata["ribsr_score_bytes_per_pixel"] == "0"
 
 
 def test_positional_term_is_folded(tiny_pair) -> None:
@@ -90,13 +105,14 @@ def testpadded_source_index_is_the_reference_padding(n, ws, shift) -> None:
     assert torch.equal(padded_source_index(n, padded, shift), expected)
 
 
-def test_shared_fixture_matches_pytorch_and_oracle(shared_dir: Path, tmp_path) -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["standard", "fused"])
+def test_shared_fixture_matches_pytorch_and_oracle(shared_dir: Path, tmp_path, fused) -> None:
     fixtures = shared_dir / "fixtures" / "official-sst"
     if not (fixtures / "cases.json").is_file():
         pytest.skip(f"no shared official fixture in {fixtures}")
     case = json.loads((fixtures / "cases.json").read_text())["shift_x4"]  # windows 8, shifted; x4
     model = ribsr.load_model(fixtures / "shift_x4.pth", config=case["network_g"])
-    onnx_model = OnnxModel(export_onnx(model, tmp_path / "shift_x4.onnx"))
+    onnx_model = OnnxModel(export_onnx(model, tmp_path / "shift_x4.onnx", fused_attention=fused))
     assert onnx_model.info.scale == 4 and onnx_model.info.multiple_of == 8
     io = torch.load(fixtures / "shift_x4_io.pt", weights_only=True)  # (2, 3, 20, 28): not multiples of 8
     assert max_diff(model, onnx_model, io["input"]) <= TOL
@@ -116,7 +132,7 @@ def test_bundled_model_matches_pytorch(tmp_path) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        dict(attn_type="RPB", upsampler="nn+conv", scale=4),
+        dict(attn_type="RPB", upsampler="nn+conv", scale=4),  # a dense bias: plain attention even when fused
         dict(attn_type="RoPE", upsampler="pixelshuffle", scale=3, gate_type="Linear"),
         dict(attn_type="FlashBias", gate_type="none"),
         dict(attn_type="CPE"),
@@ -125,9 +141,10 @@ def test_bundled_model_matches_pytorch(tmp_path) -> None:
 )
 def test_other_schemes_and_heads(tmp_path, overrides) -> None:
     model = tiny(window_sizes=[4, 4], **overrides)  # equal windows: the second layer is shifted
-    onnx_model = OnnxModel(export_onnx(model, tmp_path / "m.onnx"))
-    assert onnx_model.info.scale == model.config.scale
-    assert max_diff(model, onnx_model, torch.rand(2, 3, 7, 10)) <= TOL
+    for fused in (False, True):
+        onnx_model = OnnxModel(export_onnx(model, tmp_path / f"m{fused}.onnx", fused_attention=fused))
+        assert onnx_model.info.scale == model.config.scale
+        assert max_diff(model, onnx_model, torch.rand(2, 3, 7, 10)) <= TOL, fused
 
 
 def test_fp16_is_close(tmp_path) -> None:

@@ -37,6 +37,8 @@ META_MULTIPLE_OF = "ribsr_multiple_of"
 META_CONFIG = "ribsr_config"
 META_DTYPE = "ribsr_dtype"
 META_VERSION = "ribsr_version"
+#: "standard" (ONNX operators only) or "onnxruntime-fused" (com.microsoft.MultiHeadAttention).
+META_ATTENTION = "ribsr_attention"
 #: Bytes of attention scores per input pixel at the widest layer (what onnxruntime materialises).
 META_SCORE_BYTES = "ribsr_score_bytes_per_pixel"
 
@@ -75,12 +77,36 @@ def padded_source_index(n: Any, padded: Any, shift: int) -> torch.Tensor:
     return torch.where(i < n_t, i, period - i)
 
 
+class OrtMultiHeadAttention(torch.autograd.Function):
+    """onnxruntime's fused ``com.microsoft.MultiHeadAttention`` (scale 1) in the exported graph; computed by
+    ``scaled_dot_product_attention`` in PyTorch. q, k: (B, S, heads*E), v: (B, S, heads*Dv) -> (B, S, heads*Dv).
+
+    Its CPU kernel runs a flash-attention loop for float32 without mask or bias: the scores are never
+    materialised. The op exists only in onnxruntime.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        b, s = q.shape[:2]
+        # (B, S, heads*E) -> (B, heads, S, E)
+        q, k, v = (t.reshape(b, s, heads, -1).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, heads, S, Dv)
+        return out.transpose(1, 2).reshape(b, s, -1)
+
+    @staticmethod
+    def symbolic(g: Any, q: Any, k: Any, v: Any, heads: int) -> Any:
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads, scale_f=1.0)
+        out.setType(v.type())  # queries and keys are the same tokens: the output has v's shape and type
+        return out
+
+
 class ExportWindowAttention(nn.Module):
     """:class:`~ribsr.model.attention.WindowAttention` written for export: the same function, computed
     without data-dependent branches (padding and rolling as index gathers) and with the positional term
-    as constants (buffers), in plain matmul and softmax (softmax in float32)."""
+    as constants (buffers). Attention is plain matmul and softmax (softmax in float32), or with ``fused``
+    onnxruntime's :class:`OrtMultiHeadAttention` in float32 (not for dense biases: RPB stays plain)."""
 
-    def __init__(self, attn: WindowAttention) -> None:
+    def __init__(self, attn: WindowAttention, fused: bool = False) -> None:
         super().__init__()
         self.to_qkv, self.to_out, self.gate = attn.to_qkv, attn.to_out, attn.gate
         self.ws, self.heads, self.dim = attn.window_size, attn.heads, attn.dim
@@ -89,6 +115,7 @@ class ExportWindowAttention(nn.Module):
         self.rope = isinstance(pos, RoPE)
         self.factors = pos.has_factors
         self.dense = pos.has_term and not pos.has_factors
+        self.fused = fused and not self.dense
         with torch.no_grad():
             if self.rope:
                 cos, sin = pos.compute_rotation(ws, cpu)  # (heads, N, D/2) each
@@ -130,12 +157,18 @@ class ExportWindowAttention(nn.Module):
             n_win = q.shape[0]
             q = torch.cat([q, self.pos_q.to(q.dtype).expand(n_win, -1, -1, -1)], dim=-1)
             k = torch.cat([k, self.pos_k.to(k.dtype).expand(n_win, -1, -1, -1)], dim=-1)
-        logits = torch.matmul(q, k.transpose(-1, -2)).float()  # (B*nh*nw, heads, N, N)
-        if self.dense:
-            logits = logits + self.pos_bias
-        out = torch.matmul(torch.softmax(logits, dim=-1).to(v.dtype), v)  # (B*nh*nw, heads, N, D)
-        # (B*nh*nw, heads, N, D) -> (B*nh*nw, N, C) -> (B*nh, nw, ws, ws, C) -> (B, Hp, Wp, C)
-        out = out.transpose(1, 2).reshape(-1, nw, ws, ws, c).transpose(1, 2).reshape(-1, hp, wp, c)
+        if self.fused:
+            # (B*nh*nw, heads, N, E) -> (B*nh*nw, N, heads*E), the op's layout; in float32
+            q, k, v_in = (t.transpose(1, 2).flatten(2).float() for t in (q, k, v))
+            out = OrtMultiHeadAttention.apply(q, k, v_in, heads).to(v.dtype)  # (B*nh*nw, N, C)
+        else:
+            logits = torch.matmul(q, k.transpose(-1, -2)).float()  # (B*nh*nw, heads, N, N)
+            if self.dense:
+                logits = logits + self.pos_bias
+            out = torch.matmul(torch.softmax(logits, dim=-1).to(v.dtype), v)  # (B*nh*nw, heads, N, D)
+            out = out.transpose(1, 2)  # (B*nh*nw, N, heads, D)
+        # (B*nh*nw, N, C) -> (B*nh, nw, ws, ws, C) -> (B, Hp, Wp, C)
+        out = out.reshape(-1, nw, ws, ws, c).transpose(1, 2).reshape(-1, hp, wp, c)
         if shift:  # roll back and crop
             out = out.index_select(1, (torch.arange(h) - shift) % hp).index_select(2, (torch.arange(w) - shift) % wp)
         else:
@@ -146,20 +179,21 @@ class ExportWindowAttention(nn.Module):
         return self.to_out(out)
 
 
-def exportable(model: SST) -> SST:
+def exportable(model: SST, fused: bool = False) -> SST:
     """A copy of ``model`` (float32, CPU, eval) whose attention layers are :class:`ExportWindowAttention`."""
     twin = copy.deepcopy(model).float().cpu().eval()
     for parent in list(twin.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, WindowAttention):
-                setattr(parent, name, ExportWindowAttention(child))
+                setattr(parent, name, ExportWindowAttention(child, fused=fused))
     return twin
 
 
-def score_bytes_per_pixel(model: SST) -> int:
-    """Bytes of float32 attention scores per input pixel at the widest layer: heads * ws^2 * 4."""
-    c = model.config
-    return max(h * ws * ws * 4 for ws, h in zip(c.window_sizes, c.num_heads, strict=True))
+def score_bytes_per_pixel(twin: nn.Module) -> int:
+    """Bytes of float32 attention scores per input pixel that the widest unfused layer of an
+    :func:`exportable` model materialises: heads * ws^2 * 4 (0 when all layers are fused)."""
+    return max([m.heads * m.ws**2 * 4 for m in twin.modules() if isinstance(m, ExportWindowAttention) and not m.fused],
+               default=0)
 
 
 # ---------------------------------------------------------------------- export
@@ -169,15 +203,19 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
+    fused_attention: bool = False,
     metadata: Mapping[str, str] | None = None,
     check: bool = True,
 ) -> Path:
     """Write ``model`` as an ONNX file with dynamic batch, height and width.
 
     ``fp16`` stores weights and computes in float16 (input and output float16 too; the softmax stays in
-    float32). The file's metadata holds the scale, the alignment unit (lcm of the window sizes), the
-    configuration and ``metadata``. ``check`` runs ``onnx.checker`` on the result. The file is written
-    next to ``path`` under a temporary name and renamed into place.
+    float32). ``fused_attention`` computes attention with onnxruntime's fused ``MultiHeadAttention``
+    (:class:`OrtMultiHeadAttention`; faster on the CPU and without the (N, N) scores, but the file then runs
+    only in onnxruntime); without it the graph uses standard ONNX operators only. The file's metadata
+    holds the scale, the alignment unit (lcm of the window sizes), the configuration and ``metadata``.
+    ``check`` runs ``onnx.checker`` on the result. The file is written next to ``path`` under a temporary
+    name and renamed into place.
     """
     onnx = _require("onnx")
     if not isinstance(model, SST):
@@ -187,11 +225,12 @@ def export_onnx(
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ValueError(f"export_onnx writes .onnx files, got {path}")
-    twin = exportable(model)
+    twin = exportable(model, fused=fused_attention)
     dtype = torch.float16 if fp16 else torch.float32
     twin = twin.to(dtype)
-    ws = max(model.config.window_sizes)
-    example = torch.rand(1, 3, ws + 3, ws + 5, dtype=dtype)  # not a multiple of any window
+    fused = any(m.fused for m in twin.modules() if isinstance(m, ExportWindowAttention))
+    # Traced once, at a small size (the graph does not depend on it): not a multiple of any window, no 1s.
+    example = torch.rand(2, 3, 13, 11, dtype=dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -200,6 +239,7 @@ def export_onnx(
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 twin, (example,), str(tmp), dynamo=False, opset_version=opset,
+                custom_opsets={"com.microsoft": 1} if fused else None,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
                               OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}},
@@ -214,7 +254,8 @@ def export_onnx(
             META_MULTIPLE_OF: str(math.lcm(*model.config.window_sizes)),
             META_CONFIG: model.config.to_json(),
             META_DTYPE: "float16" if fp16 else "float32",
-            META_SCORE_BYTES: str(score_bytes_per_pixel(model)),
+            META_SCORE_BYTES: str(score_bytes_per_pixel(twin)),
+            META_ATTENTION: "onnxruntime-fused" if fused else "standard",
             **dict(metadata or {}),
         }
         del proto.metadata_props[:]

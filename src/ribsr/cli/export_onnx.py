@@ -7,7 +7,8 @@ from pathlib import Path
 
 EPILOG = """\
 The graph takes a (B, 3, H, W) batch in [0, 1] of any size and returns (B, 3, s*H, s*W); padding to
-whole windows happens inside it. The positional terms are stored as constants. The file's metadata
+whole windows happens inside it. The positional terms are stored as constants. Without
+--fused-attention the graph uses standard ONNX operators only. The file's metadata
 (scale, alignment unit, configuration) lets `ribsr upscale --model FILE.onnx` tile it as it tiles
 checkpoints. Needs onnx and onnxruntime: pip install 'ribsr[onnx]'.
 """
@@ -33,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (default: %(default)s)")
     p.add_argument("--fp16", action="store_true",
                    help="float16 weights, input and output (the softmax stays in float32)")
+    p.add_argument("--fused-attention", action="store_true",
+                   help="compute attention with onnxruntime's fused com.microsoft.MultiHeadAttention (faster on the "
+                   "CPU, no N x N scores held; the file then runs only in onnxruntime)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
 
@@ -44,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists (use --overwrite)")
     model = resolve_model(args.checkpoint, config=args.config, scale=args.scale)
-    path = export_onnx(model, args.output, opset=args.opset, fp16=args.fp16,
+    path = export_onnx(model, args.output, opset=args.opset, fp16=args.fp16, fused_attention=args.fused_attention,
                        metadata={"source": Path(str(args.checkpoint)).name})
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB, x{model.config.scale}, opset {args.opset}, "
-          f"{'float16' if args.fp16 else 'float32'})")
+          f"{'float16' if args.fp16 else 'float32'}{', fused attention' if args.fused_attention else ''})")
     return 0

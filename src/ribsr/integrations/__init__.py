@@ -1,0 +1,2 @@
+"""SST in other tools' model loaders. Each submodule imports its tool (an optional extra); ``import ribsr``
+imports none of them."""

@@ -498,3 +498,22 @@ def test_options_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.train_data.gt_size = 64  # type: ignore[misc]
     assert isinstance(opts.train_data, DatasetOptions)
+
+
+def test_hostile_network_values_are_listed_with_their_values() -> None:
+    data = light_dict()
+    data["network_g"].update(n_blocks=10**9, window_sizes=[100000] * 6, exp_ratio=float("inf"))
+    assert sorted(problems_of(data)) == [
+        "network_g: exp_ratio must be a finite number in [0.125, 16], got inf",
+        "network_g: n_blocks must be an integer in [1, 64], got 1000000000",
+        "network_g: window_sizes must hold integers in [1, 128], got [100000, 100000, 100000, 100000, 100000, 100000]",
+    ]
+
+
+@pytest.mark.parametrize("network_g", ["", "network_g:\n"])
+def test_an_option_file_without_network_g_names_the_file(tmp_path: Path, network_g: str) -> None:
+    path = tmp_path / "opts.yml"
+    path.write_text(f"name: x\nscale: 2\n{network_g}datasets:\n  train:\n    name: T91\n", encoding="utf-8")
+    with pytest.raises(OptionsError) as info:
+        load_options(path)
+    assert str(path) in str(info.value) and "network_g: missing" in str(info.value)

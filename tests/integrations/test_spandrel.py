@@ -91,6 +91,21 @@ def test_our_safetensors_loads(tmp_path: Path) -> None:
     assert (descriptor(x) - ours(path, None, x)).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("layout", ["bare", "module.", "params"])
+def test_bare_and_wrapped_state_dicts_load(layout: str, tmp_path: Path) -> None:
+    """A bare state dict, one saved from DataParallel (``module.`` names), the paper's ``params`` key."""
+    model = ribsr.load_model("default")
+    state = model.state_dict()
+    obj = {"bare": state, "module.": {f"module.{k}": v for k, v in state.items()}, "params": {"params": state}}
+    path = tmp_path / "sst.pth"
+    torch.save(obj[layout], path)
+    descriptor = loader().load_from_file(path)
+    x = torch.rand(1, 3, 10, 13)
+    with torch.inference_mode():
+        expected = model(x).clamp(0, 1)
+    assert (descriptor(x) - expected).abs().max().item() <= TOL
+
+
 # -------------------------------------------------------------------------- the seven presets
 SCALES = {name: 2 + i % 3 for i, name in enumerate(PRESETS)}  # x2, x3, x4 in turn
 

@@ -64,9 +64,11 @@ def test_upscale_onnx_equals_checkpoint(exported, tiny_checkpoint, tmp_path, til
     assert np.abs(outputs[0] - outputs[1]).max() <= 1  # 1e-4 apart before rounding to 8 bits
 
 
-def test_upscale_onnx_rejects_config(exported, tmp_path, capsys) -> None:
+def test_upscale_onnx_rejects_config_and_other_scale(exported, tmp_path, capsys) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
-    rc = main(["upscale", str(tmp_path / "img.png"), "-o", str(tmp_path / "out"), "--model", str(exported),
-               "--config", "light"])
-    assert rc == 2
+    base = ["upscale", str(tmp_path / "img.png"), "-o", str(tmp_path / "out"), "--model", str(exported)]
+    assert main([*base, "--config", "light"]) == 2
     assert "--config does not apply" in capsys.readouterr().err
+    assert main([*base, "--scale", "4"]) == 2  # the scale comes from the file's metadata
+    assert "--scale 4 asked for, but the model upscales x2" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "img_x4.png").exists()

@@ -54,7 +54,8 @@ _DETECT = KeyCondition.has_all(
     KeyCondition.has_any("upsampler.up_conv.weight", "upsampler.f.0.weight"),
 )
 
-# Measured on the CPU (docs in README.md, "Use it elsewhere"): see tests/integrations/test_spandrel.py.
+# Both run on the CPU near float32 (README.md, "Use it elsewhere"; benchmarks/bench_spandrel_dtypes.py,
+# tests/integrations/test_spandrel.py).
 SUPPORTS_HALF = True
 SUPPORTS_BFLOAT16 = True
 

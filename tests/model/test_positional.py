@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -245,3 +247,10 @@ def test_model_built_under_inference_mode_runs_and_caches(attn_type):
 def test_nope_has_no_parameters_and_no_term():
     pos = NoPE()
     assert not list(pos.parameters()) and pos.bias(4, torch.device("cpu")) is None
+
+
+def test_loading_a_checkpoint_does_not_import_torch_dynamo():
+    # Shape checks build the network on the meta device; normal_ there imports torch._dynamo (~0.9 s per process).
+    code = "import sys, ribsr; ribsr.load_model('default'); print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -56,6 +56,13 @@ class CacheBudget:
         return f"CacheBudget(used={self.used}, max_bytes={self.max_bytes})"
 
 
+def _init_normal(p: torch.Tensor, std: float) -> None:
+    """Fill ``p`` from N(0, std^2); nothing for meta tensors (shape-only builds, as checkpoint checks make),
+    whose ``normal_`` goes through torch's reference implementations and imports torch._dynamo (~0.9 s)."""
+    if not p.is_meta:
+        nn.init.normal_(p, mean=0.0, std=std)
+
+
 def window_coordinates(ws: int, device: torch.device | None = None) -> torch.Tensor:
     """Normalised (x, y) centre coordinates in (-1, 1) of the tokens of a ws x ws window: (N, 2).
 
@@ -186,7 +193,7 @@ class RIB(PositionalScheme):
 
     def reset_parameters(self) -> None:
         for p in (self.to_hidden, self.to_q, self.to_k):
-            nn.init.normal_(p, mean=0.0, std=0.05)
+            _init_normal(p, 0.05)
         nn.init.zeros_(self.hidden_b)
 
     def compute_factors(self, ws: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,8 +249,7 @@ class RPB(PositionalScheme):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.relative_position_bias.normal_(0.0, 0.001)
+        _init_normal(self.relative_position_bias, 0.001)
 
     def compute_bias(self, ws: int, device: torch.device) -> torch.Tensor:
         _check_window("RPB", ws, self.window_size)
@@ -278,7 +284,7 @@ class FlashBias(PositionalScheme):
 
     def reset_parameters(self) -> None:
         for p in (self.flashbias_q, self.flashbias_k):
-            nn.init.normal_(p, mean=0.0, std=self.init_std)
+            _init_normal(p, self.init_std)
 
     def compute_factors(self, ws: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         _check_window("FlashBias", ws, self.window_size)

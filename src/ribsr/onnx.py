@@ -211,8 +211,9 @@ def export_onnx(
 
     ``fp16`` stores weights and computes in float16 (input and output float16 too; the softmax stays in
     float32). ``fused_attention`` computes attention with onnxruntime's fused ``MultiHeadAttention``
-    (:class:`OrtMultiHeadAttention`; faster on the CPU and without the (N, N) scores, but the file then runs
-    only in onnxruntime); without it the graph uses standard ONNX operators only. The file's metadata
+    (:class:`OrtMultiHeadAttention`; no (N, N) scores held and faster than the standard graph on the CPU,
+    but the file then runs only in onnxruntime); without it the graph uses standard ONNX operators only.
+    The file's metadata
     holds the scale, the alignment unit (lcm of the window sizes), the configuration and ``metadata``.
     ``check`` runs ``onnx.checker`` on the result. The file is written next to ``path`` under a temporary
     name and renamed into place.

@@ -35,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16", action="store_true",
                    help="float16 weights, input and output (the softmax stays in float32)")
     p.add_argument("--fused-attention", action="store_true",
-                   help="compute attention with onnxruntime's fused com.microsoft.MultiHeadAttention (faster on the "
-                   "CPU, no N x N scores held; the file then runs only in onnxruntime)")
+                   help="compute attention with onnxruntime's fused com.microsoft.MultiHeadAttention (no N x N "
+                   "scores held, faster than the standard graph on the CPU; the file then runs only in "
+                   "onnxruntime)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
 

@@ -221,8 +221,10 @@ def export_onnx(
     onnx = _require("onnx")
     if not isinstance(model, SST):
         raise TypeError(f"export_onnx exports an SST, got {type(model).__name__}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
+    max_opset = max_supported_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
+        raise ValueError(f"opset must be an integer from {MIN_OPSET} to {max_opset} (the most torch "
+                         f"{torch.__version__}'s TorchScript exporter writes), got {opset!r}")
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ValueError(f"export_onnx writes .onnx files, got {path}")
@@ -271,6 +273,13 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def max_supported_opset() -> int:
+    """The newest opset the installed torch's TorchScript-based exporter writes (20 for torch 2.13)."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
 
 
 def _file_mode() -> int:

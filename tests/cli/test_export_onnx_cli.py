@@ -39,6 +39,11 @@ def test_export_refuses_to_overwrite(exported, tiny_checkpoint, capsys) -> None:
     assert exported.read_bytes() == before
 
 
+def test_export_refuses_an_onnx_input(exported, tmp_path, capsys) -> None:
+    assert main(["export-onnx", str(exported), "-o", str(tmp_path / "again.onnx")]) == 2
+    assert "is already an ONNX file" in capsys.readouterr().err
+
+
 def test_export_fp16_and_scale_check(tiny_checkpoint, tmp_path, capsys) -> None:
     out = tmp_path / "half.onnx"
     assert main(["export-onnx", str(tiny_checkpoint), "-o", str(out), "--fp16", "--opset", "18"]) == 0

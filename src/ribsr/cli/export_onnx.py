@@ -31,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=int, default=None,
                    help="upscaling factor: must be the checkpoint's (without it: the checkpoint's; for "
                    "'default': the bundled model of this scale)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (default: %(default)s)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help="ONNX opset version, from 14 to what torch's exporter writes (20 for torch 2.13; "
+                   "default: %(default)s)")
     p.add_argument("--fp16", action="store_true",
                    help="float16 weights, input and output (the softmax stays in float32)")
     p.add_argument("--fused-attention", action="store_true",
@@ -44,8 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ribsr.checkpoint import resolve_model
-    from ribsr.onnx import export_onnx
+    from ribsr.onnx import export_onnx, is_onnx_path
 
+    if is_onnx_path(args.checkpoint):
+        raise ValueError(f"{args.checkpoint} is already an ONNX file; export-onnx reads checkpoints")
     if args.output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists (use --overwrite)")
     model = resolve_model(args.checkpoint, config=args.config, scale=args.scale)

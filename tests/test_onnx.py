@@ -207,3 +207,13 @@ def test_onnx_model_errors_name_the_file(tmp_path) -> None:
 def test_is_onnx_path() -> None:
     assert is_onnx_path("a/model.onnx") and is_onnx_path(Path("M.ONNX"))
     assert not is_onnx_path(None) and not is_onnx_path("model.safetensors") and not is_onnx_path("default")
+
+
+def test_core_does_not_import_onnx() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, ribsr, ribsr.cli, ribsr.onnx; ribsr.cli.build_parser(); "
+            "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

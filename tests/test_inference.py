@@ -481,3 +481,147 @@ def test_max_memory_gives_a_quarter_to_the_bias_cache(nearest_model):
     stand_in.info = ModelInfo(2, 16, set_bias_cache=given.append)
     Upscaler(stand_in, max_memory=0.5)
     assert given == [int(0.25 * 0.5 * GIB)]
+
+
+# ---------------------------------------------------------------------- outputs assembled on disk
+def _pixels_of(path):
+    """(rgb, alpha, bit depth) of an image file as ribsr reads it (integer samples map one to one)."""
+    from ribsr.imageio import read_image
+
+    img = read_image(path)
+    return img.rgb, img.alpha, img.bit_depth, img.grayscale
+
+
+@pytest.mark.parametrize("fmt,dtype,channels,icc", [
+    ("PNG", np.uint8, 3, False), ("PNG", np.uint8, 0, False), ("PNG", np.uint8, 4, True),
+    ("PNG", np.uint16, 3, False), ("PNG", np.uint16, 0, False), ("PNG", np.uint16, 4, True),
+    ("TIFF", np.uint8, 3, False), ("TIFF", np.uint16, 4, False), ("TIFF", np.uint16, 0, True),
+])
+def test_an_output_streamed_to_disk_is_identical_to_the_in_memory_one(window_model, tmp_path, fmt, dtype,
+                                                                      channels, icc):
+    from ribsr import diskarray, imageio
+    from ribsr.imageio import from_array
+
+    rng = np.random.default_rng(5)
+    shape = (37, 50) if channels == 0 else (37, 50, channels)
+    img = from_array(rng.integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype))
+    img.icc_profile = b"not a real profile, carried as bytes" if icc else None
+    up = Upscaler(window_model(), tile=16, batch_size=2)  # 3x4 tiles of windows up to 16: blending matters
+    suffix = ".png" if fmt == "PNG" else ".tif"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(diskarray, "BLOCK_BYTES", 1000)  # blocks of a few rows: many blocks on a tiny image
+        mp.setattr(imageio, "STREAM_TIFF_TILE", 16)  # TIFF tiles of 16: 5x7 tiles, partial ones at the border
+        up.upscale_file(img, tmp_path / f"streamed{suffix}", fmt, stream=True)
+    up.upscale_file(img, tmp_path / f"memory{suffix}", fmt, stream=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"memory{suffix}", f"streamed{suffix}"]  # nothing else
+    a, b = _pixels_of(tmp_path / f"memory{suffix}"), _pixels_of(tmp_path / f"streamed{suffix}")
+    assert a[0].shape == (74, 100, 3) and a[2:] == b[2:]
+    np.testing.assert_array_equal(a[0], b[0])  # exactly: the same samples
+    if channels == 4:
+        np.testing.assert_array_equal(a[1], b[1])
+    else:
+        assert a[1] is None and b[1] is None
+    if fmt == "PNG" and dtype == np.uint16 and channels:  # pypng both ways: the same file
+        assert (tmp_path / "memory.png").read_bytes() == (tmp_path / "streamed.png").read_bytes()
+
+
+class FailsOnThirdTile(torch.nn.Module):
+    def __init__(self, inner, exc):
+        super().__init__()
+        self.inner, self.exc, self.calls = inner, exc, 0
+        self.info = inner.info
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3:
+            raise self.exc
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("broken model"), KeyboardInterrupt()])
+def test_a_failure_while_streaming_leaves_no_file(window_model, tmp_path, exc):
+    from ribsr.imageio import from_array
+
+    img = from_array(np.random.default_rng(6).integers(0, 256, (40, 40, 3)).astype(np.uint8))
+    model = FailsOnThirdTile(window_model(), exc)
+    with pytest.raises(type(exc)):
+        Upscaler(model, tile=16, batch_size=1).upscale_file(img, tmp_path / "out" / "o.png", stream=True)
+    assert model.calls == 3
+    assert list((tmp_path / "out").iterdir()) == []  # no accumulator, no partial output
+
+
+def test_streaming_follows_stream_above_and_refuses_self_ensemble(nearest_model, tmp_path, monkeypatch):
+    from ribsr import diskarray
+    from ribsr.imageio import from_array
+
+    opened = []
+    real = diskarray.DiskArray
+
+    class Spy(real):
+        def __init__(self, *args, **kwargs):
+            opened.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "DiskArray", Spy)
+    img = from_array(np.zeros((8, 6, 3), np.uint8))
+    held = image_buffer_bytes(8, 6, 2) / 1024**3
+    Upscaler(nearest_model(), tile=0, stream_above=held * 1.01).upscale_file(img, tmp_path / "a.png")
+    assert opened == []
+    Upscaler(nearest_model(), tile=0, stream_above=held * 0.99).upscale_file(img, tmp_path / "b.png")
+    assert opened == [((1, 3, 16, 12), tmp_path)]
+    with pytest.raises(ValueError, match="self-ensemble is not supported for an output assembled on disk"):
+        Upscaler(nearest_model(), stream_above=0, self_ensemble=True).upscale_file(img, tmp_path / "c.png")
+    assert Upscaler(nearest_model(), stream_above=0, self_ensemble=True).upscale_file(
+        img, tmp_path / "d.png", stream=False) == []
+    with pytest.raises(ValueError, match="stream_above"):
+        Upscaler(nearest_model(), stream_above=-1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "d.png"]
+
+
+def test_tiled_forward_into_a_disk_array_is_bit_identical(window_model, tmp_path):
+    from ribsr.diskarray import DiskArray
+
+    x = smooth_image(45, 70)
+    model = window_model()
+    expected = tiled_forward(model, x, 16, None, 3)
+    released = []
+    with DiskArray((1, 3, 90, 140), tmp_path) as acc:
+        y = tiled_forward(model, x, 16, None, 3, out=torch.from_numpy(acc.array),
+                          release=lambda: (released.append(1), acc.release()))
+        assert torch.equal(y, expected)
+        del y
+    assert len(released) > 3
+    with pytest.raises(ValueError, match="out must be a float32 tensor of shape"):
+        tiled_forward(model, x, 16, out=torch.zeros(1, 3, 90, 139))
+
+
+def test_an_output_on_disk_leaves_the_memory_budget_to_the_tiles():
+    cost = MemoryCost(1e6, 3000.0, "test")
+    # 4096x4096 at x4 with 4 GiB: the buffers held in memory (8.4 GiB) leave nothing, on disk they do
+    in_memory = choose_tiling(4096, 4096, 4, 64, 4 * 1024**3, cost)
+    on_disk = choose_tiling(4096, 4096, 4, 64, 4 * 1024**3, cost, output_in_memory=False)
+    assert in_memory[0] == 128 and on_disk[0] >= 576
+    assert image_buffer_bytes(100, 100, 4, output_in_memory=False) == 100 * 100 * (24 + 16 * 4)
+
+
+def test_an_out_of_memory_retry_while_streaming_starts_from_zero(window_model, tmp_path):
+    from ribsr.imageio import from_array
+
+    class OutOfMemoryOnce(torch.nn.Module):  # the third tile of the first try runs out of memory
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.info, self.calls = inner, inner.info, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("CPU: not enough memory: you tried to allocate 1 bytes")
+            return self.inner(x)
+
+    img = from_array(np.random.default_rng(7).integers(0, 256, (90, 100, 3)).astype(np.uint8))
+    inner = window_model()
+    up = Upscaler(OutOfMemoryOnce(inner), tile=64, batch_size=1)
+    up.upscale_file(img, tmp_path / "streamed.png", stream=True)
+    assert up.plan(90, 100) == (32, 1)  # retried with tiles of 32
+    Upscaler(inner, tile=32, batch_size=1).upscale_file(img, tmp_path / "memory.png", stream=False)
+    np.testing.assert_array_equal(_pixels_of(tmp_path / "streamed.png")[0], _pixels_of(tmp_path / "memory.png")[0])

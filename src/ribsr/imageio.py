@@ -17,9 +17,10 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import tempfile
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -415,19 +416,88 @@ def to_pil(img: DecodedImage, allow_alpha: bool = True) -> Image.Image:
 
 def _write_png16(img: DecodedImage, f: BinaryIO) -> None:
     """A 16-bit PNG with pypng (colour and/or alpha; Pillow cannot write those)."""
-    import png
-
     planes = _quantize(_planes(img, keep_alpha=True), 16)
     height, width, n = planes.shape
-    writer = png.Writer(width, height, bitdepth=16, greyscale=n <= 2, alpha=n in (2, 4), compression=6)
-    if not img.icc_profile:
-        writer.write(f, planes.reshape(height, width * n))  # (H, W, C) -> (H, W * C) rows
+    _pypng(f, planes.reshape(height, width * n), width, height, n, 16, img.icc_profile)  # (H, W, C) -> (H, W * C)
+
+
+def _pypng(f: BinaryIO, rows: Iterable[np.ndarray], width: int, height: int, n: int, bitdepth: int,
+           icc_profile: bytes | None) -> None:
+    """A PNG of ``height`` rows of ``width * n`` samples (``n`` 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) with
+    pypng, from an iterable of rows; an ICC profile goes into an iCCP chunk after the header."""
+    import png
+
+    writer = png.Writer(width, height, bitdepth=bitdepth, greyscale=n <= 2, alpha=n in (2, 4), compression=6)
+    if not icc_profile:
+        writer.write(f, rows)
         return
-    buf = io.BytesIO()
-    writer.write(buf, planes.reshape(height, width * n))
-    chunks = list(png.Reader(bytes=buf.getvalue()).chunks())
-    chunks.insert(1, (b"iCCP", b"icc\x00\x00" + zlib.compress(img.icc_profile)))
-    png.write_chunks(f, chunks)
+
+    def with_iccp(chunks: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        yield next(chunks)  # IHDR
+        yield b"iCCP", b"icc\x00\x00" + zlib.compress(icc_profile)
+        yield from chunks
+
+    name = getattr(f, "name", None)
+    if not isinstance(name, str):  # an in-memory target: the PNG is built in memory
+        buf = io.BytesIO()
+        writer.write(buf, rows)
+        png.write_chunks(f, with_iccp(png.Reader(bytes=buf.getvalue()).chunks()))
+        return
+    with tempfile.TemporaryFile(dir=os.path.dirname(name) or None) as tmp:  # chunk by chunk through a file
+        writer.write(tmp, rows)
+        tmp.seek(0)
+        png.write_chunks(f, with_iccp(png.Reader(file=tmp).chunks()))
+
+
+def _blocks(img: DecodedImage, keep_alpha: bool, bit_depth: int, rows: int,
+            release: Callable[[], None] | None) -> Iterator[np.ndarray]:
+    """The quantised planes of ``img`` (as :func:`_planes` and :func:`_quantize` make them for the whole
+    image, element for element) ``rows`` rows at a time: (rows, W, C) uint8 or uint16."""
+    for r0 in range(0, img.rgb.shape[0], rows):
+        part = replace(img, rgb=img.rgb[r0:r0 + rows], alpha=None if img.alpha is None else img.alpha[r0:r0 + rows])
+        yield _quantize(_planes(part, keep_alpha), bit_depth)
+        if release:
+            release()
+
+
+def _write_png_blocks(img: DecodedImage, f: BinaryIO, rows: int, release: Callable[[], None] | None) -> None:
+    """A PNG (8 or 16 bits, as ``img.bit_depth``; gray or RGB, alpha kept) written ``rows`` rows at a time."""
+    height, width = img.rgb.shape[:2]
+    n = (1 if img.grayscale else 3) + (img.alpha is not None)
+    depth = 16 if img.bit_depth == 16 else 8
+
+    def lines() -> Iterator[np.ndarray]:
+        for block in _blocks(img, img.alpha is not None, depth, rows, release):
+            yield from block.reshape(block.shape[0], width * n)  # (r, W, C) -> r rows of W * C samples
+
+    _pypng(f, lines(), width, height, n, depth, img.icc_profile)
+
+
+# Tile side of TIFFs written a block of rows at a time.
+STREAM_TIFF_TILE = 256
+
+
+def _write_tiff_blocks(img: DecodedImage, f: BinaryIO, release: Callable[[], None] | None) -> None:
+    """A tiled TIFF (8 or 16 bits, as ``img.bit_depth``; alpha kept as unassociated alpha) with tifffile,
+    Deflate-compressed, written a row of tiles at a time."""
+    import tifffile
+
+    height, width = img.rgb.shape[:2]
+    n = (1 if img.grayscale else 3) + (img.alpha is not None)
+    depth = 16 if img.bit_depth == 16 else 8
+    side = STREAM_TIFF_TILE
+
+    def tiles() -> Iterator[np.ndarray]:
+        for block in _blocks(img, img.alpha is not None, depth, side, release):
+            for x0 in range(0, width, side):
+                tile = block[:, x0:x0 + side]  # (r, c, C); tifffile pads tiles at the border
+                yield tile[..., 0] if n == 1 else tile
+
+    tifffile.imwrite(f, tiles(), shape=(height, width) if n == 1 else (height, width, n),
+                     dtype=np.uint16 if depth == 16 else np.uint8, tile=(side, side),
+                     photometric="minisblack" if n <= 2 else "rgb", planarconfig=None if n == 1 else "contig",
+                     extrasamples=["unassalpha"] if n in (2, 4) else None, compression="zlib",
+                     iccprofile=img.icc_profile or None)
 
 
 def _write_tiff16(img: DecodedImage, f: BinaryIO) -> None:
@@ -449,13 +519,21 @@ def output_format(img: DecodedImage, fmt: str) -> str:
     return name if name in FORMATS else "PNG"
 
 
-def _encode(img: DecodedImage, fmt: str, f: BinaryIO) -> list[str]:
-    """Write ``img`` to ``f`` in Pillow format ``fmt``; returns notes on what the format could not hold."""
+def _encode(img: DecodedImage, fmt: str, f: BinaryIO, rows: int | None = None,
+            release: Callable[[], None] | None = None) -> list[str]:
+    """Write ``img`` to ``f`` in Pillow format ``fmt``; returns notes on what the format could not hold.
+    With ``rows``, PNG and TIFF are encoded that many rows at a time (see :func:`write_image`)."""
     spec = FORMATS[fmt]
     notes: list[str] = []
     has_alpha = img.alpha is not None
     if has_alpha and not spec.alpha:
         notes.append(f"{fmt} cannot hold an alpha channel; alpha dropped")
+    if rows is not None and fmt == "PNG":
+        _write_png_blocks(img, f, rows, release)
+        return notes
+    if rows is not None and fmt == "TIFF":
+        _write_tiff_blocks(img, f, release)
+        return notes
     if img.bit_depth == 16:
         if fmt == "PNG" and (not img.grayscale or has_alpha):
             _write_png16(img, f)
@@ -480,12 +558,19 @@ def write_image(
     path: str | os.PathLike[str],
     fmt: str = "PNG",
     overwrite: bool = False,
+    rows: int | None = None,
+    release: Callable[[], None] | None = None,
 ) -> list[str]:
     """Write ``img`` to ``path`` atomically, in Pillow format ``fmt`` (PNG, JPEG, WEBP, BMP, TIFF).
 
     The data goes to a temporary file in the same folder which is then renamed to ``path``, so an
     interrupted write leaves no partial image. Without ``overwrite`` an existing ``path`` raises
     :class:`FileExistsError`. Returns notes about what the format could not hold.
+
+    ``rows`` (for pixels too large to copy whole, such as a :class:`ribsr.diskarray.DiskArray`): PNG and
+    TIFF are converted and encoded that many rows at a time, calling ``release`` after each block; PNG
+    then goes through pypng at 8 bits too, TIFF is tiled (256x256) and Deflate-compressed at 8 bits too.
+    The pixels are the same as without ``rows``. JPEG, WebP and BMP are converted whole either way.
     """
     path = Path(path)
     fmt = fmt.upper()
@@ -500,7 +585,7 @@ def write_image(
     f = open(tmp, "xb")
     try:
         with f:
-            notes = _encode(img, fmt, f)
+            notes = _encode(img, fmt, f) if rows is None else _encode(img, fmt, f, rows, release)
             f.flush()
             os.fsync(f.fileno())
         if overwrite:

@@ -8,7 +8,9 @@ PIL/numpy/tensor images. The names that used to live here (tiling, memory, devic
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -16,7 +18,8 @@ import torch
 from torch import nn
 
 from ribsr.devices import DTYPES, parameter_place, resolve_device, resolve_dtype
-from ribsr.imageio import DecodedImage, from_array, from_pil, to_array, to_pil
+from ribsr.diskarray import DiskArray, block_rows
+from ribsr.imageio import DecodedImage, from_array, from_pil, to_array, to_pil, write_image
 from ribsr.memory import (
     GIB,
     MODELLED_BYTES_PER_PIXEL_PER_CHANNEL,
@@ -44,7 +47,8 @@ from ribsr.tiling import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BIAS_CACHE_SHARE", "DTYPES", "GIB", "MODELLED_BYTES_PER_PIXEL_PER_CHANNEL", "RANGE_TOLERANCE", "MemoryCost",
+    "BIAS_CACHE_SHARE", "DTYPES", "GIB", "MODELLED_BYTES_PER_PIXEL_PER_CHANNEL", "RANGE_TOLERANCE", "STREAM_ABOVE_GIB",
+    "MemoryCost",
     "ModelInfo", "Progress", "TileLayout", "Upscaler", "available_memory", "axis_weights", "batch_that_fits",
     "check_pixels", "choose_tiling", "dihedral", "fits_untiled", "image_buffer_bytes", "is_out_of_memory",
     "measure_memory_cost", "model_geometry", "model_info", "modelled_memory_cost", "parameter_place",
@@ -52,6 +56,9 @@ __all__ = [
 ]
 
 ImageT = TypeVar("ImageT")
+
+# Default of Upscaler's stream_above: outputs whose buffers would take more GiB in memory go through disk.
+STREAM_ABOVE_GIB = 1.0
 
 # Share of a --max-memory budget given to the model's cache of dense positional biases.
 BIAS_CACHE_SHARE = 0.25
@@ -145,6 +152,10 @@ class Upscaler:
         device: ``"auto"`` (CUDA when available, else the CPU: :func:`ribsr.devices.resolve_device`),
             ``"cpu"``, ``"cuda"``, ...
         self_ensemble: average the outputs of the 8 flips/rotations of the input (8x slower).
+        stream_above: in :meth:`upscale_file`, an image whose buffers would take more than this many GiB
+            held in memory (:func:`ribsr.memory.image_buffer_bytes`, about 32 bytes per output pixel) has
+            its output assembled in a temporary file beside the output and written from there a block of
+            rows at a time (``0``: every image; None: none). Default :data:`STREAM_ABOVE_GIB`.
         scale, align: override the scale and alignment unit of the model's :class:`ModelInfo`
             (:func:`ribsr.modelinfo.model_info`).
 
@@ -165,8 +176,13 @@ class Upscaler:
         self_ensemble: bool = False,
         scale: int | None = None,
         align: int | None = None,
+        stream_above: float | None = None,
     ) -> None:
         self.info = model_info(model, scale=scale, multiple_of=align)
+        stream_above = STREAM_ABOVE_GIB if stream_above is None else stream_above
+        if not stream_above >= 0:
+            raise ValueError(f"stream_above must be >= 0 GiB (or inf: never), got {stream_above}")
+        self.stream_above = stream_above
         if isinstance(tile, str) and tile != "auto":
             raise ValueError(f"tile must be 'auto', None or a number of pixels, got {tile!r}")
         if isinstance(tile, int) and tile < 0:
@@ -204,18 +220,21 @@ class Upscaler:
                       self._cost.bytes_per_pixel, self._cost.method)
         return self._cost
 
-    def plan(self, h: int, w: int) -> tuple[int | None, int]:
-        """(tile side or None for no tiling, tiles per batch) for an (h, w) input."""
+    def plan(self, h: int, w: int, output_in_memory: bool = True) -> tuple[int | None, int]:
+        """(tile side or None for no tiling, tiles per batch) for an (h, w) input (``output_in_memory``
+        False: for an output assembled on disk, whose buffers the budget need not hold)."""
         budget = self.max_memory * GIB - self._cache_bytes if self.max_memory else available_memory(self.device)
+        mem = output_in_memory
         if self.tile == "auto":
-            if fits_untiled(h, w, self.scale, self.align, budget, modelled_memory_cost(self.model, self.info)):
+            if fits_untiled(h, w, self.scale, self.align, budget, modelled_memory_cost(self.model, self.info), mem):
                 tile, batch = None, 1  # fits even by the generous model: no need to measure
             else:
-                tile, batch = choose_tiling(h, w, self.scale, self.align, budget, self.memory_cost)
+                tile, batch = choose_tiling(h, w, self.scale, self.align, budget, self.memory_cost,
+                                            output_in_memory=mem)
         elif self.tile:
             tile = int(self.tile)
             batch = self.batch_size or batch_that_fits(h, w, self.scale, self.align, tile, budget,
-                                                       self.memory_cost)
+                                                       self.memory_cost, output_in_memory=mem)
         else:
             tile, batch = None, 1
         if self.batch_size is not None:
@@ -233,13 +252,24 @@ class Upscaler:
         return max(2 * self.align, (side // 2) // self.align * self.align), 1
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, x: torch.Tensor, progress: Progress | None) -> torch.Tensor:
-        """(B, 3, h, w) -> (B, 3, s*h, s*w) float32, tiled as planned, retrying when out of memory."""
+    def _forward(self, x: torch.Tensor, progress: Progress | None, out: DiskArray | None = None) -> torch.Tensor:
+        """(B, 3, h, w) -> (B, 3, s*h, s*w) float32, tiled as planned, retrying when out of memory;
+        with ``out`` assembled in that disk array (no self-ensemble)."""
         h, w = x.shape[-2:]
-        tile, batch = self.plan(h, w)
-        log.debug("upscaling %dx%d: tile %s, batch %d", w, h, tile, batch)
+        tile, batch = self.plan(h, w, output_in_memory=out is None)
+        log.debug("upscaling %dx%d: tile %s, batch %d%s", w, h, tile, batch, " (output on disk)" if out else "")
+        first = True
         while True:
             try:
+                if out is not None:
+                    target = torch.from_numpy(out.array)
+                    if not first:  # a failed try left partial sums
+                        for r0 in range(0, target.shape[2], 256):
+                            target[:, :, r0:r0 + 256].zero_()
+                            out.release()
+                    first = False
+                    return tiled_forward(self.model, x, tile, self.overlap, batch, scale=self.scale,
+                                         align=self.align, progress=progress, out=target, release=out.release)
                 return self._ensemble(x, tile, batch, progress)
             except (MemoryError, RuntimeError) as exc:
                 if not is_out_of_memory(exc):
@@ -300,6 +330,65 @@ class Upscaler:
 
             alpha = np.clip(np.asarray(imresize(img.alpha, self.scale), dtype=np.float32), 0, 1)
         return img.with_pixels(rgb, alpha)
+
+    def upscale_file(
+        self,
+        img: DecodedImage,
+        path: str | os.PathLike[str],
+        fmt: str = "PNG",
+        *,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+        stream: bool | None = None,
+    ) -> list[str]:
+        """Upscale a decoded image into the file ``path`` (as :func:`ribsr.imageio.write_image` writes it:
+        atomically, in Pillow format ``fmt``); returns the writer's notes.
+
+        ``stream`` None streams when the image's buffers would exceed ``stream_above`` GiB in memory; True
+        always, False never. A streamed output is assembled (float32, 12 bytes per output pixel) in an
+        unnamed temporary file in ``path``'s folder (:class:`ribsr.diskarray.DiskArray`), which is gone
+        after success, failure or interruption, and PNG and TIFF are written from it a block of rows at a
+        time (pixels identical to the in-memory path); JPEG, WebP and BMP are converted whole in memory.
+        The upscaled alpha channel is held in memory (4 bytes per output pixel). Self-ensemble is refused
+        for streamed outputs (ValueError).
+        """
+        path = Path(path)
+        h, w = img.rgb.shape[:2]
+        if img.rgb.size == 0:
+            raise ValueError(f"empty image: {w}x{h} pixels")
+        held = image_buffer_bytes(h, w, self.scale)
+        if stream is None:
+            stream = held > self.stream_above * GIB
+        if not stream:
+            return write_image(self.upscale_decoded(img, progress), path, fmt, overwrite=overwrite)
+        if self.self_ensemble:
+            raise ValueError(f"{path}: self-ensemble is not supported for an output assembled on disk (this "
+                             f"{w}x{h} input's buffers would take {held / GIB:.2f} GiB in memory, more than "
+                             f"stream_above = {self.stream_above:g} GiB); raise stream_above (--stream-above) or "
+                             f"leave out self-ensemble")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists (use overwrite to replace it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        x = torch.from_numpy(img.rgb).permute(2, 0, 1)[None]  # (H, W, 3) -> (1, 3, H, W)
+        s = self.scale
+        with DiskArray((1, 3, s * h, s * w), path.parent) as acc:
+            self._forward(x, progress, out=acc)
+            out: np.ndarray = acc.array  # type: ignore[assignment]  # (1, 3, sH, sW)
+            rows = block_rows(3 * s * w * 4)
+            for r0 in range(0, s * h, rows):  # clipped as upscale_decoded clips, a block of rows at a time
+                np.clip(out[:, :, r0:r0 + rows], 0, 1, out=out[:, :, r0:r0 + rows])
+                acc.release()
+            rgb = out[0].transpose(1, 2, 0)  # (3, sH, sW) -> (sH, sW, 3), a view of the file
+            alpha = None
+            if img.alpha is not None:
+                from ribsr.imresize import imresize
+
+                alpha = np.clip(np.asarray(imresize(img.alpha, s), dtype=np.float32), 0, 1)
+            result = img.with_pixels(rgb, alpha)
+            try:
+                return write_image(result, path, fmt, overwrite=overwrite, rows=rows, release=acc.release)
+            finally:
+                del result, rgb, out
 
     def upscale(self, image: ImageT, progress: Progress | None = None) -> ImageT:
         """Upscale a PIL image, a numpy array ((H, W) or (H, W, 1|3|4), uint8/uint16/float) or a

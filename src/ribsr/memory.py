@@ -126,10 +126,14 @@ def available_memory(device: torch.device) -> float:
 
 
 # ---------------------------------------------------------------------- a network's cost
-def image_buffer_bytes(h: int, w: int, scale: int) -> float:
+def image_buffer_bytes(h: int, w: int, scale: int, output_in_memory: bool = True) -> float:
     """Memory for one image's buffers outside the network, per the pipeline of :class:`ribsr.Upscaler`:
     float32 input (and its copy), float32 output with the weight sum, and the float and integer
-    copies made when the result is encoded (estimate)."""
+    copies made when the result is encoded (estimate). ``output_in_memory`` False: the output is
+    assembled on disk (:meth:`ribsr.Upscaler.upscale_file`) and only the input and an upscaled alpha
+    channel are counted."""
+    if not output_in_memory:
+        return h * w * (4 * 3 * 2 + scale**2 * 4)
     return h * w * (4 * 3 * 2 + scale**2 * (4 * 4 + 4 * 3 + 4))
 
 

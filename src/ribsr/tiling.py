@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ribsr.devices import parameter_place
+from ribsr.diskarray import block_rows
 from ribsr.memory import GIB, MemoryCost, image_buffer_bytes
 from ribsr.modelinfo import model_info
 
@@ -117,6 +118,8 @@ def tiled_forward(
     scale: int | None = None,
     align: int | None = None,
     progress: Progress | None = None,
+    out: torch.Tensor | None = None,
+    release: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Run ``model`` on ``x`` (B, 3, H, W) through overlapping tiles; returns (B, 3, s*H, s*W) float32.
 
@@ -125,6 +128,11 @@ def tiled_forward(
     smooth weights (:func:`axis_weights`) over the overlaps. The result lies on ``x``'s device; each
     batch of tiles is moved to the model's device and dtype. ``scale``/``align`` default to the model's
     :func:`ribsr.modelinfo.model_info`.
+
+    ``out``, a zero-filled float32 CPU tensor of the output's shape (for instance one backed by a
+    :class:`ribsr.diskarray.DiskArray`), receives the result instead of a new tensor; ``release`` is then
+    called after each batch of tiles and each block of rows, to hand the pages touched back to the system.
+    The result is the same, bit for bit, either way.
     """
     if x.ndim != 4:
         raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
@@ -136,6 +144,8 @@ def tiled_forward(
     dev, dtype = parameter_place(model, x.device, x.dtype)
     b, c, h, w = x.shape
     out_shape = (b, c, scale * h, scale * w)
+    if out is not None and (tuple(out.shape) != out_shape or out.dtype != torch.float32):
+        raise ValueError(f"out must be a float32 tensor of shape {out_shape}, got {tuple(out.shape)} {out.dtype}")
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         y = model(batch.to(dev, dtype))
@@ -146,7 +156,14 @@ def tiled_forward(
         return y.to(x.device, torch.float32)
 
     if not tile or (tile >= h and tile >= w):
-        y = torch.cat([run(x[i:i + batch_size]) for i in range(0, b, batch_size)])
+        if out is None:
+            y = torch.cat([run(x[i:i + batch_size]) for i in range(0, b, batch_size)])
+        else:
+            for i in range(0, b, batch_size):
+                out[i:i + batch_size] = run(x[i:i + batch_size])
+                if release:
+                    release()
+            y = out
         if progress:
             progress(1, 1)
         return y
@@ -160,7 +177,8 @@ def tiled_forward(
             for q, (x0, x1) in enumerate(layout.xs):
                 groups.setdefault((y1 - y0, x1 - x0), []).append((i, r, q))
     total = sum(len(items) for items in groups.values())
-    out = torch.zeros(out_shape, dtype=torch.float32, device=x.device)
+    if out is None:
+        out = torch.zeros(out_shape, dtype=torch.float32, device=x.device)
     done = 0
     for items in groups.values():
         for k in range(0, len(items), batch_size):
@@ -172,30 +190,41 @@ def tiled_forward(
                 (y0, y1), (x0, x1) = layout.ys[r], layout.xs[q]
                 out[i, :, scale * y0:scale * y1, scale * x0:scale * x1] += y.mul_(weight)
             done += len(chunk)
+            if release:
+                release()
             if progress:
                 progress(done, total)
     # The weights are separable, so their sum over tiles is the outer product of the axis sums;
     # it is 1 up to rounding, dividing by it keeps the result exact where it is not.
     sum_y = _axis_sum(layout.ys, wy, scale).to(x.device)
     sum_x = _axis_sum(layout.xs, wx, scale).to(x.device)
-    return out.div_(sum_y[:, None] * sum_x[None, :])  # weight sum over tiles: (s*H, s*W)
+    if release is None:
+        return out.div_(sum_y[:, None] * sum_x[None, :])  # weight sum over tiles: (s*H, s*W)
+    rows = block_rows(b * c * scale * w * 4)
+    for r0 in range(0, scale * h, rows):  # the same division, a block of rows at a time
+        out[:, :, r0:r0 + rows].div_(sum_y[r0:r0 + rows, None] * sum_x[None, :])
+        release()
+    return out
 
 
 # ---------------------------------------------------------------------- planning
-def fits_untiled(h: int, w: int, scale: int, align: int, budget_bytes: float, cost: MemoryCost) -> bool:
-    """Whether an (h, w) image fits ``budget_bytes`` in one forward pass, by ``cost``."""
+def fits_untiled(h: int, w: int, scale: int, align: int, budget_bytes: float, cost: MemoryCost,
+                 output_in_memory: bool = True) -> bool:
+    """Whether an (h, w) image fits ``budget_bytes`` in one forward pass, by ``cost`` (``output_in_memory``:
+    see :func:`ribsr.memory.image_buffer_bytes`)."""
     hp, wp = -(-h // align) * align, -(-w // align) * align  # the model pads to whole windows
-    return image_buffer_bytes(h, w, scale) + cost.bytes_for(hp * wp) <= budget_bytes
+    return image_buffer_bytes(h, w, scale, output_in_memory) + cost.bytes_for(hp * wp) <= budget_bytes
 
 
 def batch_that_fits(
-    h: int, w: int, scale: int, align: int, tile: int, budget_bytes: float, cost: MemoryCost, max_batch: int = 8
+    h: int, w: int, scale: int, align: int, tile: int, budget_bytes: float, cost: MemoryCost, max_batch: int = 8,
+    output_in_memory: bool = True,
 ) -> int:
     """How many tiles of side ``tile`` (rounded as :func:`tile_layout` rounds it) fit ``budget_bytes``
     in one batch, between 1 and ``max_batch``."""
     tile = max(2 * align, -(-tile // align) * align)
     th, tw = min(tile, -(-h // align) * align), min(tile, -(-w // align) * align)
-    avail = budget_bytes - image_buffer_bytes(h, w, scale) - cost.fixed_bytes
+    avail = budget_bytes - image_buffer_bytes(h, w, scale, output_in_memory) - cost.fixed_bytes
     return int(max(1, min(max_batch, max(avail, 0.0) / cost.bytes_per_pixel // (th * tw))))
 
 
@@ -207,16 +236,18 @@ def choose_tiling(
     budget_bytes: float,
     cost: MemoryCost,
     max_batch: int = 8,
+    output_in_memory: bool = True,
 ) -> tuple[int | None, int]:
     """(tile, batch size) whose estimated peak fits ``budget_bytes``: no tiling (None) when the whole
     image fits, else the largest aligned square tile, then as many tiles per batch as still fit.
-    Never smaller than ``2 * align`` (the budget may then be exceeded)."""
-    if fits_untiled(h, w, scale, align, budget_bytes, cost):
+    Never smaller than ``2 * align`` (the budget may then be exceeded). ``output_in_memory`` False: the
+    output is assembled on disk (:func:`ribsr.memory.image_buffer_bytes`)."""
+    buffers = image_buffer_bytes(h, w, scale, output_in_memory) + cost.fixed_bytes
+    if fits_untiled(h, w, scale, align, budget_bytes, cost, output_in_memory):
         return None, 1
-    avail = budget_bytes - image_buffer_bytes(h, w, scale) - cost.fixed_bytes
+    avail = budget_bytes - buffers
     pixels = max(avail, 0.0) / cost.bytes_per_pixel
     tile = max(2 * align, int(math.sqrt(pixels)) // align * align)
-    buffers = image_buffer_bytes(h, w, scale) + cost.fixed_bytes
     if buffers > budget_bytes:  # no tile size can help: the whole input and output are held in memory
         log.warning("memory budget of %.2f GiB is below what this %dx%d image's own buffers (input, output x%d, "
                     "encoding copies) and the model's fixed memory need, about %.2f GiB without any tile; using "
@@ -224,4 +255,4 @@ def choose_tiling(
     elif pixels < tile * tile:
         log.warning("memory budget of %.2f GiB is below what one %dx%d tile needs; using that tile anyway",
                     budget_bytes / GIB, tile, tile)
-    return tile, batch_that_fits(h, w, scale, align, tile, budget_bytes, cost, max_batch)
+    return tile, batch_that_fits(h, w, scale, align, tile, budget_bytes, cost, max_batch, output_in_memory)

@@ -344,3 +344,36 @@ def test_animated_gif_says_only_the_first_frame_is_upscaled(tmp_path, model, cap
     assert "anim.gif: 3 frames (animated or multi-page image): only the first frame is used" in err
     with Image.open(tmp_path / "out" / "anim_x2.png") as out:
         assert out.size == (20, 16)
+
+
+# ---------------------------------------------------------------------- outputs assembled on disk
+@pytest.mark.parametrize("name,mode", [("a.png", "RGB"), ("g.png", "L"), ("t.tif", "RGBA")])
+def test_stream_above_writes_the_same_pixels_through_disk(tmp_path, model, capsys, name, mode):
+    from ribsr.imageio import read_image
+
+    make_png(tmp_path / "in" / "x.png", size=(40, 30), mode=mode)
+    Image.open(tmp_path / "in" / "x.png").save(tmp_path / "in" / name)
+    (tmp_path / "in" / "x.png").unlink()
+    args = ["upscale", str(tmp_path / "in" / name), "--model", model, "--tile", "16", "--format", "same"]
+    assert main([*args, "-o", str(tmp_path / "memory"), "--stream-above", "inf"]) == 0
+    assert main([*args, "-o", str(tmp_path / "disk"), "--stream-above", "0"]) == 0
+    out = f"{Path(name).stem}_x2{Path(name).suffix}"
+    assert os.listdir(tmp_path / "disk") == [out]  # the output only: no temporary file left
+    a, b = read_image(tmp_path / "memory" / out), read_image(tmp_path / "disk" / out)
+    assert a.size == (80, 60) and (a.grayscale, a.bit_depth) == (b.grayscale, b.bit_depth)
+    np.testing.assert_array_equal(a.rgb, b.rgb)
+    if mode == "RGBA":
+        np.testing.assert_array_equal(a.alpha, b.alpha)
+
+
+def test_stream_above_with_self_ensemble_is_refused_per_image(tmp_path, model, capsys):
+    make_png(tmp_path / "a.png")
+    rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", model, "--self-ensemble",
+               "--stream-above", "0"])
+    assert rc == 1
+    assert "self-ensemble is not supported for an output assembled on disk" in capsys.readouterr().err
+    assert list((tmp_path / "o").glob("*")) == []
+    for bad in ("-1", "nan", "big"):
+        with pytest.raises(SystemExit) as exc:
+            main(["upscale", "x.png", "--stream-above", bad])
+        assert exc.value.code == 2

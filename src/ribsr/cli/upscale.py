@@ -48,8 +48,18 @@ def _tile(value: str) -> int | str:
     return n
 
 
-# Inputs whose output would have more pixels are refused (the whole output is held in memory).
+# Inputs whose output would have more pixels are refused.
 DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
+
+
+def _gib_or_inf(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {value!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: every image; inf: none), got {value}")
+    return v
 
 
 def _pixels(value: str) -> int:
@@ -110,6 +120,10 @@ def add_parser(subparsers: Any) -> None:
                    "(default: %(default)s = 16384x16384; 0: no limit)")
     p.add_argument("--max-memory", type=_positive(float), default=None, metavar="GB",
                    help="memory budget in GiB for one image's activations and buffers")
+    p.add_argument("--stream-above", type=_gib_or_inf, default=None, metavar="GB",
+                   help="assemble the output on disk (a temporary file in the output folder) and write it a "
+                   "block of rows at a time when the image's buffers would take more than GB GiB in memory "
+                   "(default: 1; 0: every image; inf: never); not with --self-ensemble")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--self-ensemble", action="store_true",
@@ -264,9 +278,10 @@ def too_large(exc: Any, scale: int, limit: int) -> str:
 
     (w, h), s = exc.size, scale
     return (f"{exc.path}: {w}x{h} upscaled x{s} would be {s * w}x{s * h} ({s * s * w * h / 1e6:,.0f} megapixels), "
-            f"more than --max-output-pixels {limit} ({limit / 1e6:,.0f} megapixels); not decoded. The whole "
-            f"output is held in memory (about {image_buffer_bytes(h, w, s) / GIB:,.1f} GiB for this image's "
-            f"buffers): raise --max-output-pixels to upscale it anyway")
+            f"more than --max-output-pixels {limit} ({limit / 1e6:,.0f} megapixels); not decoded. Its buffers "
+            f"would take about {image_buffer_bytes(h, w, s) / GIB:,.1f} GiB in memory, or, assembled on disk "
+            f"(--stream-above), {12 * s * s * w * h / GIB:,.1f} GiB of disk in the output folder: raise "
+            f"--max-output-pixels to upscale it anyway")
 
 
 def _err(message: str) -> None:
@@ -279,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ribsr.devices import resolve_device
-    from ribsr.imageio import ImageReadError, ImageTooLargeError, read_image, write_image
+    from ribsr.imageio import ImageReadError, ImageTooLargeError, read_image
     from ribsr.inference import Upscaler
     from ribsr.memory import is_out_of_memory
 
@@ -303,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args, str(device))
     upscaler = Upscaler(model, tile=args.tile, overlap=args.tile_overlap, batch_size=args.batch_size,
                         max_memory=args.max_memory, dtype=args.dtype, device=device,
-                        self_ensemble=args.self_ensemble)
+                        self_ensemble=args.self_ensemble, stream_above=args.stream_above)
     if args.scale is not None and upscaler.scale != args.scale:
         raise ValueError(f"--scale {args.scale} asked for, but the model upscales x{upscaler.scale}")
     load_s = time.perf_counter() - t0
@@ -346,8 +361,9 @@ def run(args: argparse.Namespace) -> int:
                         bar.total = total
                         bar.update(n - bar.n)
 
-                    result = upscaler.upscale_decoded(img, progress)
-                for note in write_image(result, dest, pil_format, overwrite=args.overwrite):
+                    notes = upscaler.upscale_file(img, dest, pil_format, overwrite=args.overwrite,
+                                                  progress=progress)
+                for note in notes:
                     _err(f"note: {dest}: {note}")
             except ImageTooLargeError as exc:
                 _err(f"error: {too_large(exc, upscaler.scale, args.max_output_pixels)}")

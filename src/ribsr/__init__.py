@@ -1,5 +1,6 @@
 """ribsr: single-image super-resolution with SST transformers and Rank-factorized Implicit Neural Bias."""
 
+from ribsr.allocator import tune_cpu_allocator
 from ribsr.checkpoint import CheckpointError, build_model, convert_checkpoint, load_model, save_model
 from ribsr.config import PRESETS, ConfigError, SSTConfig, preset
 from ribsr.imresize import imresize
@@ -12,4 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS", "SST", "CheckpointError", "ConfigError", "SSTConfig", "Upscaler", "__version__", "build_model",
     "convert_checkpoint", "imresize", "load_model", "preset", "psnr", "save_model", "ssim",
+    "tune_cpu_allocator",
 ]

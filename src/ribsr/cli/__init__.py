@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ribsr.allocator import tune_cpu_allocator
 from ribsr.cli import bench, convert, evaluate, export, export_onnx, info, train, upscale, verify
 
 # Plain list: adding a command means importing its module and listing it here.
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    tune_cpu_allocator()  # reuse freed tensor memory instead of fresh zero-filled pages (ribsr.allocator)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -29,7 +29,9 @@ written to a temporary file first and renamed into place.
 
 --tile auto (default) picks the largest tile that fits --max-memory (default: what is free now),
 or no tiling when the whole image fits; --tile 0 disables tiling; on an out-of-memory error the
-image is retried with smaller tiles. --dtype auto is float32 on CPU and bfloat16 (float16 where
+image is retried with smaller tiles. An image whose buffers would take more than --stream-above GiB
+(default 1) in memory has its output assembled in a temporary file in the output folder and written
+from there a block of rows at a time. --dtype auto is float32 on CPU and bfloat16 (float16 where
 bfloat16 is unsupported) on CUDA.
 
 The exit status is 0 when every image was written or skipped, 1 when any failed.
@@ -278,9 +280,9 @@ def too_large(exc: Any, scale: int, limit: int) -> str:
 
     (w, h), s = exc.size, scale
     return (f"{exc.path}: {w}x{h} upscaled x{s} would be {s * w}x{s * h} ({s * s * w * h / 1e6:,.0f} megapixels), "
-            f"more than --max-output-pixels {limit} ({limit / 1e6:,.0f} megapixels); not decoded. Its buffers "
-            f"would take about {image_buffer_bytes(h, w, s) / GIB:,.1f} GiB in memory, or, assembled on disk "
-            f"(--stream-above), {12 * s * s * w * h / GIB:,.1f} GiB of disk in the output folder: raise "
+            f"more than --max-output-pixels {limit} ({limit / 1e6:,.0f} megapixels); not decoded. Assembling its "
+            f"output would take about {12 * s * s * w * h / GIB:,.1f} GiB of disk in the output folder (or "
+            f"{image_buffer_bytes(h, w, s) / GIB:,.1f} GiB of memory where --stream-above is above that): raise "
             f"--max-output-pixels to upscale it anyway")
 
 

@@ -368,3 +368,29 @@ def test_animated_images_say_only_the_first_frame_is_used(tmp_path, fmt, options
     Image.new("RGB", (6, 4)).save(tmp_path / "still.gif")
     still = read_image(tmp_path / "still.gif")
     assert still.frames == 1 and not any("frame" in n for n in still.notes)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png_written_in_blocks_of_rows_decodes_exactly_with_pillow_and_pypng(tmp_path, channels):
+    from ribsr.imageio import _png_filtered
+
+    rng = np.random.default_rng(8)
+    ramp = np.linspace(0, 255, 70)[None, :, None] + np.linspace(0, 60, 45)[:, None, None]  # smooth part
+    arr = np.clip(ramp + rng.integers(-3, 4, (45, 70, channels)) * (np.arange(45) % 3 == 0)[:, None, None], 0, 255)
+    arr = arr.astype(np.uint8)  # smooth and noisy rows: several filter types get chosen
+    arr[:, :9] = rng.integers(0, 256, (45, 9, channels))
+    gray, alpha = channels <= 2, channels in (2, 4)
+    data = arr.astype(np.float32) / 255
+    img = DecodedImage(rgb=np.repeat(data[..., :1], 3, axis=2) if gray else data[..., :3].copy(),
+                       alpha=data[..., -1].copy() if alpha else None, grayscale=gray, icc_profile=b"profile")
+    released = []
+    write_image(img, tmp_path / "o.png", rows=7, release=lambda: released.append(1))
+    assert len(released) == 7  # 45 rows in blocks of 7
+    w, h, rows, info = png.Reader(filename=str(tmp_path / "o.png")).asDirect()  # checks every chunk's CRC
+    got = np.vstack([np.asarray(r, np.uint8) for r in rows]).reshape(h, w, channels)
+    np.testing.assert_array_equal(got, arr)
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.info["icc_profile"] == b"profile"
+        np.testing.assert_array_equal(np.asarray(im).reshape(h, w, channels), arr)
+    lines = arr.reshape(45, 70 * channels)
+    assert len(set(_png_filtered(lines, np.zeros(70 * channels, np.uint8), channels)[:, 0].tolist())) >= 3

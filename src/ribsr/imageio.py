@@ -460,11 +460,65 @@ def _blocks(img: DecodedImage, keep_alpha: bool, bit_depth: int, rows: int,
             release()
 
 
+def _png_filtered(rows: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG scanlines of 8-bit ``rows`` (r, row bytes) below the row ``prev``: each row with the filter
+    (None, Sub, Up, Average, Paeth) whose output has the least sum of absolute values as signed bytes,
+    the heuristic the PNG specification suggests (and zlib-based writers such as Pillow's use); (r, 1 + row bytes)."""
+    x = rows.astype(np.int16)
+    up = np.concatenate([prev[None], rows[:-1]]).astype(np.int16)
+    left = np.zeros_like(x)
+    left[:, bpp:] = x[:, :-bpp]
+    upleft = np.zeros_like(x)
+    upleft[:, bpp:] = up[:, :-bpp]
+    p = left + up - upleft
+    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+    candidates = np.stack([x, x - left, x - up, x - (left + up) // 2, x - paeth]).astype(np.uint8)  # (5, r, n)
+    cost = np.abs(candidates.view(np.int8).astype(np.int32)).sum(axis=2)  # (5, r)
+    choice = cost.argmin(axis=0)
+    out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+    out[:, 0] = choice
+    out[:, 1:] = candidates[choice, np.arange(rows.shape[0])]
+    return out
+
+
+def _write_png8(f: BinaryIO, blocks: Iterator[np.ndarray], width: int, height: int, n: int,
+                icc_profile: bytes | None) -> None:
+    """An 8-bit PNG (``n`` 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) from blocks of rows (r, W, n), filtered
+    row by row (:func:`_png_filtered`) and Deflate-compressed (level 6) as they come."""
+    def chunk(kind: bytes, data: bytes) -> None:
+        f.write(len(data).to_bytes(4, "big") + kind + data)
+        f.write(zlib.crc32(data, zlib.crc32(kind)).to_bytes(4, "big"))
+
+    f.write(b"\x89PNG\r\n\x1a\n")
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[n]
+    chunk(b"IHDR", width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, color_type, 0, 0, 0]))
+    if icc_profile:
+        chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc_profile))
+    z = zlib.compressobj(6)
+    prev = np.zeros(width * n, np.uint8)
+    pending = b""
+    for block in blocks:
+        lines = block.reshape(block.shape[0], width * n)  # (r, W, n) -> r rows of W * n bytes
+        for r0 in range(0, lines.shape[0], 64):  # 64 rows at a time: the filters' temporaries stay small
+            part = lines[r0:r0 + 64]
+            pending += z.compress(_png_filtered(part, prev, n).tobytes())
+            prev = part[-1]
+            if len(pending) >= 1 << 20:
+                chunk(b"IDAT", pending)
+                pending = b""
+    chunk(b"IDAT", pending + z.flush())
+    chunk(b"IEND", b"")
+
+
 def _write_png_blocks(img: DecodedImage, f: BinaryIO, rows: int, release: Callable[[], None] | None) -> None:
     """A PNG (8 or 16 bits, as ``img.bit_depth``; gray or RGB, alpha kept) written ``rows`` rows at a time."""
     height, width = img.rgb.shape[:2]
     n = (1 if img.grayscale else 3) + (img.alpha is not None)
     depth = 16 if img.bit_depth == 16 else 8
+    if depth == 8:
+        _write_png8(f, _blocks(img, img.alpha is not None, 8, rows, release), width, height, n, img.icc_profile)
+        return
 
     def lines() -> Iterator[np.ndarray]:
         for block in _blocks(img, img.alpha is not None, depth, rows, release):
@@ -568,8 +622,9 @@ def write_image(
     :class:`FileExistsError`. Returns notes about what the format could not hold.
 
     ``rows`` (for pixels too large to copy whole, such as a :class:`ribsr.diskarray.DiskArray`): PNG and
-    TIFF are converted and encoded that many rows at a time, calling ``release`` after each block; PNG
-    then goes through pypng at 8 bits too, TIFF is tiled (256x256) and Deflate-compressed at 8 bits too.
+    TIFF are converted and encoded that many rows at a time, calling ``release`` after each block; 8-bit
+    PNG then goes through :func:`_write_png8` (16-bit through pypng, as always), TIFF is tiled (256x256)
+    and Deflate-compressed at 8 bits too.
     The pixels are the same as without ``rows``. JPEG, WebP and BMP are converted whole either way.
     """
     path = Path(path)

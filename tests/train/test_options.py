@@ -104,7 +104,7 @@ def test_shipped_cpu_recipes_parse_and_find_their_data(path: Path) -> None:
     scale = int(path.stem[-1])
     assert opts.name == f"SST_small_x{scale}" and opts.scale == opts.network.scale == scale
     shared_datasets = (REPO.parent / "shared" / "datasets").resolve()  # the recipes' default data root
-    assert opts.train_data.dataroot_gt == shared_datasets
+    assert opts.train_data.dataroot_gt.resolve() == shared_datasets
     assert opts.train_data.gt_size == 48 * scale
     assert [d.name for d in opts.val_data.values()] == ["Set5", "Set14"]
     if shared_datasets.is_dir():

@@ -575,7 +575,11 @@ def test_streaming_follows_stream_above_and_refuses_self_ensemble(nearest_model,
         img, tmp_path / "d.png", stream=False) == []
     with pytest.raises(ValueError, match="stream_above"):
         Upscaler(nearest_model(), stream_above=-1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "d.png"]
+    # With the default threshold, self-ensemble outputs stay in memory instead of being refused.
+    monkeypatch.setattr(inference, "STREAM_ABOVE_GIB", 0.0)
+    assert Upscaler(nearest_model(), self_ensemble=True).upscale_file(img, tmp_path / "e.png") == []
+    assert opened == [((1, 3, 16, 12), tmp_path)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "d.png", "e.png"]
 
 
 def test_tiled_forward_into_a_disk_array_is_bit_identical(window_model, tmp_path):

@@ -155,7 +155,8 @@ class Upscaler:
         stream_above: in :meth:`upscale_file`, an image whose buffers would take more than this many GiB
             held in memory (:func:`ribsr.memory.image_buffer_bytes`, about 32 bytes per output pixel) has
             its output assembled in a temporary file beside the output and written from there a block of
-            rows at a time (``0``: every image; None: none). Default :data:`STREAM_ABOVE_GIB`.
+            rows at a time (``0``: every image; ``inf``: none). None: :data:`STREAM_ABOVE_GIB`, and
+            self-ensemble outputs stay in memory (an explicit value makes them refused above it).
         scale, align: override the scale and alignment unit of the model's :class:`ModelInfo`
             (:func:`ribsr.modelinfo.model_info`).
 
@@ -179,6 +180,8 @@ class Upscaler:
         stream_above: float | None = None,
     ) -> None:
         self.info = model_info(model, scale=scale, multiple_of=align)
+        # Self-ensemble outputs stream only when asked for by an explicit stream_above (then they are refused).
+        self._stream_ensemble = stream_above is not None
         stream_above = STREAM_ABOVE_GIB if stream_above is None else stream_above
         if not stream_above >= 0:
             raise ValueError(f"stream_above must be >= 0 GiB (or inf: never), got {stream_above}")
@@ -350,7 +353,7 @@ class Upscaler:
         after success, failure or interruption, and PNG and TIFF are written from it a block of rows at a
         time (pixels identical to the in-memory path); JPEG, WebP and BMP are converted whole in memory.
         The upscaled alpha channel is held in memory (4 bytes per output pixel). Self-ensemble is refused
-        for streamed outputs (ValueError).
+        for streamed outputs (ValueError); with the default ``stream_above`` its outputs stay in memory.
         """
         path = Path(path)
         h, w = img.rgb.shape[:2]
@@ -358,7 +361,7 @@ class Upscaler:
             raise ValueError(f"empty image: {w}x{h} pixels")
         held = image_buffer_bytes(h, w, self.scale)
         if stream is None:
-            stream = held > self.stream_above * GIB
+            stream = held > self.stream_above * GIB and (self._stream_ensemble or not self.self_ensemble)
         if not stream:
             return write_image(self.upscale_decoded(img, progress), path, fmt, overwrite=overwrite)
         if self.self_ensemble:

@@ -123,9 +123,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--max-memory", type=_positive(float), default=None, metavar="GB",
                    help="memory budget in GiB for one image's activations and buffers")
     p.add_argument("--stream-above", type=_gib_or_inf, default=None, metavar="GB",
-                   help="assemble the output on disk (a temporary file in the output folder) and write it a "
-                   "block of rows at a time when the image's buffers would take more than GB GiB in memory "
-                   "(default: 1; 0: every image; inf: never); not with --self-ensemble")
+                   help="assemble the output on disk (a temporary file in the output folder) and write it "
+                   "a block of rows at a time when the image's buffers would take more than GB GiB in memory "
+                   "(default: 1; 0: every image; inf: never); --self-ensemble outputs stay in memory unless given")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--self-ensemble", action="store_true",

@@ -278,3 +278,24 @@ def test_cuda_training_with_bfloat16_autocast(datasets_dir, tmp_path):
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     assert trainer.best["Set5/psnr"]["value"] > 10
     assert next(trainer.model.parameters()).dtype == torch.float32  # autocast, not a bfloat16 model
+
+
+def test_cli_threads_sets_the_cpu_threads_and_rejects_non_positive(datasets_dir, tmp_path, capsys):
+    from ribsr.cli import main
+
+    opts = tiny_options(datasets_dir, total_iter=1)
+    opts_path = tmp_path / "opts.yml"
+    opts_path.write_text(yaml.safe_dump(opts))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["train", str(opts_path), "--run-dir", str(tmp_path / "run"), "--no-progress",
+                     "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", str(opts_path), "--threads", bad])
+        assert exc.value.code == 2
+        assert repr(bad) in capsys.readouterr().err

@@ -33,8 +33,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue from the newest readable checkpoint of the run directory (auto) or a checkpoint")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads per process (default: torch's default, usually one per core); one thread "
+                   "per run pinned to its own core (taskset) is how two runs share a 2-core machine well")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the log file is kept)")
     p.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from ribsr.train.options import load_options
 
     opts = load_options(args.options, args.overrides)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     dist_info = setup_distributed(args.device)
     run_dir = args.run_dir if args.run_dir is not None else Path("runs") / opts.name
     try:

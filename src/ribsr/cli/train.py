@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ribsr.cli.argtypes import positive
+
 EPILOG = """\
 The option file is the paper's (BasicSR layout): name, scale, manual_seed, network_g, datasets.train and
 datasets.val_*, train, val, logger, path. Relative data paths resolve against the option file's folder.
@@ -33,21 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue from the newest readable checkpoint of the run directory (auto) or a checkpoint")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive(int), default=None, metavar="N",
                    help="CPU threads per process (default: torch's default, usually one per core); one thread "
                    "per run pinned to its own core (taskset) is how two runs share a 2-core machine well")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the log file is kept)")
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ribsr.cli.argtypes import positive
 from ribsr.imageio import FORMATS, IMAGE_SUFFIXES
 
 # Output format for ``--format same``, from the input's file name suffix (others: PNG).
@@ -74,19 +75,6 @@ def _pixels(value: str) -> int:
     return int(n)
 
 
-def _positive(kind: type) -> Any:
-    def parse(value: str) -> Any:
-        try:
-            v = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-        return v
-
-    return parse
-
-
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "upscale",
@@ -115,12 +103,12 @@ def add_parser(subparsers: Any) -> None:
                    help="tile side in input pixels, 0 for no tiling, or auto (default)")
     p.add_argument("--tile-overlap", type=int, default=None, metavar="P",
                    help="minimum tile overlap in input pixels (default: the model's largest window)")
-    p.add_argument("--batch-size", type=_positive(int), default=None,
+    p.add_argument("--batch-size", type=positive(int), default=None,
                    help="tiles per forward pass (default: as many as fit the memory budget, at most 8)")
     p.add_argument("--max-output-pixels", type=_pixels, default=DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
                    help="refuse inputs whose output would have more pixels, checked before decoding "
                    "(default: %(default)s = 16384x16384; 0: no limit)")
-    p.add_argument("--max-memory", type=_positive(float), default=None, metavar="GB",
+    p.add_argument("--max-memory", type=positive(float), default=None, metavar="GB",
                    help="memory budget in GiB for one image's activations and buffers")
     p.add_argument("--stream-above", type=_gib_or_inf, default=None, metavar="GB",
                    help="assemble the output on disk (a temporary file in the output folder) and write it "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from ribsr.assets import DEFAULT_MODEL, default_model_path
 from ribsr.build import ConfigSpec, build_model, build_sst, resolve_config
 from ribsr.config import PRESETS, SSTConfig, preset, preset_name
+from ribsr.files import atomic_write
 from ribsr.hub import fetch
 from ribsr.model import SST
 
@@ -389,26 +389,10 @@ def save_model(model: SST, path: str | Path, metadata: Mapping[str, str] | None 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT_NAME, "ribsr_version": __version__, "ribsr_config": model.config.to_json()}
     meta.update(metadata or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then renamed over ``path``
-    try:
+    with atomic_write(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
-        os.chmod(tmp, _default_file_mode())  # safetensors creates files with mode 0600
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
-
-def _default_file_mode() -> int:
-    """The mode a newly created file gets from the user's umask (0644 under the usual umask 022)."""
-    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
-        status = Path("/proc/self/status").read_text()
-        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
-    except (OSError, StopIteration, IndexError, ValueError):
-        mask = os.umask(0)
-        os.umask(mask)
-    return 0o666 & ~mask
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, config: ConfigSpec) -> Path:

@@ -19,6 +19,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from ribsr.files import default_file_mode
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
@@ -160,7 +162,7 @@ def download(url: str, sha256: str | None = None, progress: bool = True, timeout
             out.flush()
             os.fsync(out.fileno())
         _verify(tmp, expected, url)
-        os.chmod(tmp, _default_file_mode())  # mkstemp creates files with mode 0600
+        os.chmod(tmp, default_file_mode())  # mkstemp creates files with mode 0600
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -168,12 +170,6 @@ def download(url: str, sha256: str | None = None, progress: bool = True, timeout
     log.info("saved %s (%d bytes)", dest, received)
     return dest
 
-
-def _default_file_mode() -> int:
-    """The mode a newly created file gets from the user's umask (0644 under the usual umask 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 __all__ = ["ChecksumError", "DownloadError", "cache_dir", "cached_path", "download", "fetch", "file_sha256", "is_url"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ribsr.files import atomic_write
 from ribsr.model.attention import WindowAttention
 from ribsr.model.positional import RoPE
 from ribsr.model.sst import SST
@@ -234,9 +234,7 @@ def export_onnx(
     fused = any(m.fused for m in twin.modules() if isinstance(m, ExportWindowAttention))
     # Traced once, at a small size (the graph does not depend on it): not a multiple of any window, no 1s.
     example = torch.rand(2, 3, 13, 11, dtype=dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_write(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter is deprecated
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -268,10 +266,6 @@ def export_onnx(
         if check:
             onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.chmod(tmp, _file_mode())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -281,12 +275,6 @@ def max_supported_opset() -> int:
 
     return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
 
-
-def _file_mode() -> int:
-    """The mode a newly created file gets from the user's umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 # ---------------------------------------------------------------------- running

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ribsr.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
@@ -59,17 +61,10 @@ def _fsync_dir(folder: Path) -> None:
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` through a temporary file in the same folder, fsynced, then renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     _fsync_dir(path.parent)
     return path
 

@@ -81,10 +81,10 @@ def _timing(args: argparse.Namespace, **defaults: Any) -> Any:
 def _write_json(path: Path | None, env: dict[str, Any], settings: dict[str, Any], results: list) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**env, "settings": settings, "results": results}, indent=1))
-    tmp.replace(path)
+    from ribsr.files import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps({**env, "settings": settings, "results": results}, indent=1))
 
 
 def _check_device(device: str) -> None:

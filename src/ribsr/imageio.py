@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -414,13 +414,6 @@ def to_pil(img: DecodedImage, allow_alpha: bool = True) -> Image.Image:
     return im
 
 
-def _write_png16(img: DecodedImage, f: BinaryIO) -> None:
-    """A 16-bit PNG with pypng (colour and/or alpha; Pillow cannot write those)."""
-    planes = _quantize(_planes(img, keep_alpha=True), 16)
-    height, width, n = planes.shape
-    _pypng(f, planes.reshape(height, width * n), width, height, n, 16, img.icc_profile)  # (H, W, C) -> (H, W * C)
-
-
 def _pypng(f: BinaryIO, rows: Iterable[np.ndarray], width: int, height: int, n: int, bitdepth: int,
            icc_profile: bytes | None) -> None:
     """A PNG of ``height`` rows of ``width * n`` samples (``n`` 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) with
@@ -548,10 +541,15 @@ def _write_tiff_blocks(img: DecodedImage, f: BinaryIO, release: Callable[[], Non
                 yield tile[..., 0] if n == 1 else tile
 
     tifffile.imwrite(f, tiles(), shape=(height, width) if n == 1 else (height, width, n),
-                     dtype=np.uint16 if depth == 16 else np.uint8, tile=(side, side),
-                     photometric="minisblack" if n <= 2 else "rgb", planarconfig=None if n == 1 else "contig",
-                     extrasamples=["unassalpha"] if n in (2, 4) else None, compression="zlib",
-                     iccprofile=img.icc_profile or None)
+                     dtype=np.uint16 if depth == 16 else np.uint8, tile=(side, side), **_tiff_layout(n, img))
+
+
+def _tiff_layout(n: int, img: DecodedImage) -> dict[str, Any]:
+    """tifffile options for ``n`` samples per pixel (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA): unassociated alpha,
+    Deflate, ``img``'s ICC profile."""
+    return dict(photometric="minisblack" if n <= 2 else "rgb", planarconfig=None if n == 1 else "contig",
+                extrasamples=["unassalpha"] if n in (2, 4) else None, compression="zlib",
+                iccprofile=img.icc_profile or None)
 
 
 def _write_tiff16(img: DecodedImage, f: BinaryIO) -> None:
@@ -560,9 +558,7 @@ def _write_tiff16(img: DecodedImage, f: BinaryIO) -> None:
 
     planes = _quantize(_planes(img, keep_alpha=True), 16)  # (H, W, C), C = 1 gray, 2 gray+alpha, 3 or 4
     n = planes.shape[2]
-    tifffile.imwrite(f, planes[..., 0] if n == 1 else planes, photometric="minisblack" if n <= 2 else "rgb",
-                     planarconfig=None if n == 1 else "contig", extrasamples=["unassalpha"] if n in (2, 4) else None,
-                     compression="zlib", iccprofile=img.icc_profile or None)
+    tifffile.imwrite(f, planes[..., 0] if n == 1 else planes, **_tiff_layout(n, img))
 
 
 def output_format(img: DecodedImage, fmt: str) -> str:
@@ -589,8 +585,8 @@ def _encode(img: DecodedImage, fmt: str, f: BinaryIO, rows: int | None = None,
         _write_tiff_blocks(img, f, release)
         return notes
     if img.bit_depth == 16:
-        if fmt == "PNG" and (not img.grayscale or has_alpha):
-            _write_png16(img, f)
+        if fmt == "PNG" and (not img.grayscale or has_alpha):  # pypng: Pillow cannot write these
+            _write_png_blocks(img, f, img.rgb.shape[0], None)
             return notes
         if fmt == "TIFF":
             _write_tiff16(img, f)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import ribsr
-from ribsr.model.attention import _mirror_index, pad_to_multiple
-from ribsr.onnx import export_onnx, is_onnx_path, padded_source_index
+from ribsr.model.attention import mirror_index, pad_to_multiple
+from ribsr.onnx import export_onnx, is_onnx_path
 
 pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[dev]' or 'ribsr[onnx]')")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[dev]' or 'ribsr[onnx]')")
@@ -96,13 +96,13 @@ def test_positional_term_is_folded(tiny_pair) -> None:
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13])
 @pytest.mark.parametrize("ws", [4, 8])
 @pytest.mark.parametrize("shift", [0, 2])
-def testpadded_source_index_is_the_reference_padding(n, ws, shift) -> None:
+def test_mirror_index_is_the_reference_padding(n, ws, shift) -> None:
     padded = -(-n // ws) * ws
     x = torch.arange(n, dtype=torch.float32).reshape(1, 1, n, 1).expand(1, 1, n, ws)
     expected = pad_to_multiple(x, ws)[0, 0, :, 0].long()  # source row of each padded row
-    assert torch.equal(expected, _mirror_index(n, padded, torch.device("cpu")))
+    assert torch.equal(expected, mirror_index(n, padded, device=torch.device("cpu")))
     expected = torch.roll(expected, -shift)
-    assert torch.equal(padded_source_index(n, padded, shift), expected)
+    assert torch.equal(mirror_index(n, padded, shift), expected)
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["standard", "fused"])

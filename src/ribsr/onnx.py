@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ribsr.files import atomic_write
-from ribsr.model.attention import WindowAttention
+from ribsr.model.attention import WindowAttention, mirror_index
 from ribsr.model.positional import RoPE
 from ribsr.model.sst import SST
 from ribsr.modelinfo import ModelInfo
@@ -60,23 +60,6 @@ def _require(module: str) -> Any:
 
 
 # ---------------------------------------------------------------------- the exported graph
-def padded_source_index(n: Any, padded: Any, shift: int) -> torch.Tensor:
-    """For each of the ``padded`` positions along an axis of length ``n``, the source position once the axis
-    is padded at the end by reflection (as :func:`ribsr.model.attention.pad_to_multiple`: F.pad's reflect
-    where the padding is shorter than the side, continued periodically where it is not, a side of 1
-    repeated) and then rolled back by ``shift``: (padded,) int64.
-
-    ``n`` and ``padded`` may be traced sizes: everything is computed with tensor ops, without branches.
-    """
-    i = torch.arange(padded, dtype=torch.int64)
-    if shift:
-        i = (i + shift) % padded
-    n_t = torch.as_tensor(n, dtype=torch.int64)
-    period = (2 * n_t - 2).clamp(min=1)  # reflection without repeating the edge has period 2(n-1)
-    i = i % period
-    return torch.where(i < n_t, i, period - i)
-
-
 class OrtMultiHeadAttention(torch.autograd.Function):
     """onnxruntime's fused ``com.microsoft.MultiHeadAttention`` (scale 1) in the exported graph; computed by
     ``scaled_dot_product_attention`` in PyTorch. q, k: (B, S, heads*E), v: (B, S, heads*Dv) -> (B, S, heads*Dv).
@@ -102,9 +85,10 @@ class OrtMultiHeadAttention(torch.autograd.Function):
 
 class ExportWindowAttention(nn.Module):
     """:class:`~ribsr.model.attention.WindowAttention` written for export: the same function, computed
-    without data-dependent branches (padding and rolling as index gathers) and with the positional term
-    as constants (buffers). Attention is plain matmul and softmax (softmax in float32), or with ``fused``
-    onnxruntime's :class:`OrtMultiHeadAttention` in float32 (not for dense biases: RPB stays plain)."""
+    without data-dependent branches (padding and rolling as index gathers,
+    :func:`~ribsr.model.attention.mirror_index`) and with the positional term as constants (buffers).
+    Attention is plain matmul and softmax (softmax in float32), or with ``fused`` onnxruntime's
+    :class:`OrtMultiHeadAttention` in float32 (not for dense biases: RPB stays plain)."""
 
     def __init__(self, attn: WindowAttention, fused: bool = False) -> None:
         super().__init__()
@@ -141,7 +125,7 @@ class ExportWindowAttention(nn.Module):
         d = c // heads
         gate = self.gate(x) if self.gate is not None else None
         hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws
-        rows, cols = padded_source_index(h, hp, shift), padded_source_index(w, wp, shift)
+        rows, cols = mirror_index(h, hp, shift), mirror_index(w, wp, shift)
         # (B, C, H, W) -> (B, H, W, C) -> padded and rolled (B, Hp, Wp, C) -> (B*nh, ws, nw, ws, C)
         xw = x.permute(0, 2, 3, 1).index_select(1, rows).index_select(2, cols)
         nw = wp // ws

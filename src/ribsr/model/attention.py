@@ -139,14 +139,22 @@ def make_backend(name: str = "auto") -> AttentionFn:
     return BACKENDS[name]()
 
 
-def _mirror_index(n: int, total: int, device: torch.device) -> torch.Tensor:
-    """Indices 0..total-1 mirrored into [0, n) without repeating the edge (reflect, repeated)."""
-    i = torch.arange(total, device=device)
-    if n == 1:
-        return torch.zeros_like(i)
-    period = 2 * (n - 1)
+def mirror_index(
+    n: int | torch.Tensor, total: int | torch.Tensor, shift: int = 0, device: torch.device | None = None
+) -> torch.Tensor:
+    """For each of the ``total`` positions of an axis of length ``n`` padded at the end by reflection (without
+    repeating the edge, continued periodically where the padding is longer than the side, a side of 1
+    repeated) and then rolled back by ``shift``, the source position: (total,) int64.
+
+    ``n`` and ``total`` may be sizes traced for export (:mod:`ribsr.onnx`): tensor ops only, no branches on them.
+    """
+    i = torch.arange(total, dtype=torch.int64, device=device)
+    if shift:
+        i = (i + shift) % total
+    n_t = torch.as_tensor(n, dtype=torch.int64, device=device)
+    period = (2 * n_t - 2).clamp(min=1)  # reflection without repeating the edge has period 2(n-1)
     i = i % period
-    return torch.where(i < n, i, period - i)
+    return torch.where(i < n_t, i, period - i)
 
 
 def pad_to_multiple(x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -163,9 +171,9 @@ def pad_to_multiple(x: torch.Tensor, ws: int) -> torch.Tensor:
     if ph < h and pw < w:
         return F.pad(x, (0, pw, 0, ph), mode="reflect")
     if ph:
-        x = x.index_select(-2, _mirror_index(h, h + ph, x.device))
+        x = x.index_select(-2, mirror_index(h, h + ph, device=x.device))
     if pw:
-        x = x.index_select(-1, _mirror_index(w, w + pw, x.device))
+        x = x.index_select(-1, mirror_index(w, w + pw, device=x.device))
     return x
 
 

@@ -23,6 +23,7 @@ imports it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -33,7 +34,14 @@ from spandrel.util import KeyCondition
 
 from ribsr.assets import bundled_scales, default_model_path
 from ribsr.build import ConfigSpec, build_sst, resolve_config
-from ribsr.checkpoint import CheckpointError, StateDict, checkpoint_scale, describe_state, fitting_configs
+from ribsr.checkpoint import (
+    CheckpointError,
+    StateDict,
+    checkpoint_scale,
+    describe_state,
+    fitting_configs,
+    read_checkpoint,
+)
 from ribsr.config import PRESETS, ConfigError, SSTConfig, preset
 from ribsr.model import SST
 
@@ -61,17 +69,14 @@ SUPPORTS_BFLOAT16 = True
 
 
 def bundled_configs() -> list[SSTConfig]:
-    """The configs of the bundled default models (read from their metadata)."""
-    from safetensors import safe_open
+    """The configs of the bundled default models (from their metadata, read once per process)."""
+    return list(_bundled_configs())
 
-    configs = []
-    for scale in bundled_scales():
-        path = default_model_path(scale)
-        with safe_open(str(path), framework="pt") as f:
-            text = (f.metadata() or {}).get("ribsr_config")
-        if text:
-            configs.append(SSTConfig.from_json(text, source=f"{path} metadata"))
-    return configs
+
+@functools.cache
+def _bundled_configs() -> tuple[SSTConfig, ...]:
+    configs = (read_checkpoint(default_model_path(scale))[1] for scale in bundled_scales())
+    return tuple(config for config in configs if config is not None)
 
 
 class SSTArch(Architecture[SST]):

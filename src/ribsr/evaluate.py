@@ -81,17 +81,22 @@ def find_hr_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def lr_path(folder: str | Path, name: str, scale: int) -> Path:
+    """Where the LR input of the HR image ``name`` lies: ``folder/LR_bicubic/X{scale}/{name}x{scale}.png``."""
+    return Path(folder) / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png"
+
+
 def check_lr_files(folder: str | Path, scale: int, hr_files: Sequence[Path] | None = None) -> None:
     """Raise ValueError when ``folder/LR_bicubic/X{scale}`` holds image files that match no HR image.
 
     The LR input of ``HR/{name}.*`` is ``LR_bicubic/X{scale}/{name}x{scale}.png``; an LR file named otherwise
     would be ignored (and the HR image's LR made by imresize instead), so it is an error naming a few of them.
     """
-    lr_dir = Path(folder) / "LR_bicubic" / f"X{scale}"
+    lr_dir = lr_path(folder, "", scale).parent
     if not lr_dir.is_dir():
         return
     hr_files = find_hr_images(folder) if hr_files is None else hr_files
-    expected = {f"{p.stem}x{scale}.png" for p in hr_files}
+    expected = {lr_path(folder, p.stem, scale).name for p in hr_files}
     stray = sorted(
         p.name for p in lr_dir.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
@@ -99,7 +104,7 @@ def check_lr_files(folder: str | Path, scale: int, hr_files: Sequence[Path] | No
     )
     if stray:
         shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
-        example = f" (e.g. {hr_files[0].stem}x{scale}.png for {hr_files[0].name})" if hr_files else ""
+        example = f" (e.g. {lr_path(folder, hr_files[0].stem, scale).name} for {hr_files[0].name})" if hr_files else ""
         raise ValueError(
             f"{lr_dir}: {len(stray)} LR file{'s' if len(stray) != 1 else ''} match no HR image: {shown}; the LR "
             f"input of HR image <name> must be named <name>x{scale}.png{example}"
@@ -113,7 +118,7 @@ def load_lr(folder: str | Path, name: str, hr: np.ndarray, scale: int) -> tuple[
     HR / scale), else ``imresize(hr, 1 / scale)`` with the symmetric boundary, which reproduces
     those files bit for bit.
     """
-    path = Path(folder) / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png"
+    path = lr_path(folder, name, scale)
     if path.is_file():
         lr = load_image(path)
         expected = (hr.shape[0] // scale, hr.shape[1] // scale, *hr.shape[2:])

@@ -394,7 +394,6 @@ def save_model(model: SST, path: str | Path, metadata: Mapping[str, str] | None 
     return path
 
 
-
 def convert_checkpoint(src: str | Path, dst: str | Path, config: ConfigSpec) -> Path:
     """Convert one of the paper's ``.pth`` checkpoints to our ``.safetensors`` with its config."""
     model = load_model(src, config=config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -377,3 +378,57 @@ def test_stream_above_with_self_ensemble_is_refused_per_image(tmp_path, model, c
         with pytest.raises(SystemExit) as exc:
             main(["upscale", "x.png", "--stream-above", bad])
         assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------------- files that are not images
+def _unblock_reader_later(fifo: Path, seconds: float) -> threading.Timer:
+    """A timer that, after ``seconds``, opens ``fifo`` for writing and closes it, so that a reader stuck on it
+    (the bug) gets end-of-file instead of hanging the test; without a reader the open fails and is ignored."""
+
+    def unblock() -> None:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+    timer = threading.Timer(seconds, unblock)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def test_a_fifo_in_a_folder_is_not_an_image(tmp_path, model, capsys):
+    """upscale DIR with a FIFO named *.png in DIR: only regular files (and symbolic links to them) are images."""
+    make_png(tmp_path / "in" / "a.png")
+    make_png(tmp_path / "elsewhere" / "b.png", seed=1)
+    os.symlink(tmp_path / "elsewhere" / "b.png", tmp_path / "in" / "link.png")
+    os.mkfifo(tmp_path / "in" / "pipe.png")
+    os.symlink(tmp_path / "in" / "pipe.png", tmp_path / "in" / "pipe_link.png")
+    jobs, problems = upscale_cli.discover([str(tmp_path / "in")], False, (tmp_path / "out").resolve())
+    assert [j.source.name for j in jobs] == ["a.png", "link.png"] and problems == []
+
+    timer = _unblock_reader_later(tmp_path / "in" / "pipe.png", 20)
+    try:
+        rc = main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", model])
+    finally:
+        timer.cancel()
+    assert rc == 0, capsys.readouterr().err
+    assert files_under(tmp_path / "out") == ["a_x2.png", "link_x2.png"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "broken_link"])
+def test_an_input_that_is_not_a_regular_file_says_what_it_is(tmp_path, model, capsys, kind):
+    if kind == "fifo":
+        target, what = tmp_path / "pipe.png", "FIFO"
+        os.mkfifo(target)
+    elif kind == "device":
+        target, what = Path("/dev/null"), "character device"
+    else:
+        target, what = tmp_path / "gone.png", "broken symbolic link"
+        os.symlink(tmp_path / "nowhere.png", target)
+    make_png(tmp_path / "a.png")
+    rc = main(["upscale", str(target), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", model])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"{target}: " in err and what in err and "no such file" not in err
+    assert files_under(tmp_path / "out") == ["a_x2.png"]

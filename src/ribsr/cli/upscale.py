@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ribsr.cli.argtypes import positive
+from ribsr.files import not_a_file
 from ribsr.imageio import FORMATS, IMAGE_SUFFIXES
 
 # Output format for ``--format same``, from the input's file name suffix (others: PNG).
@@ -134,7 +135,8 @@ class Job:
 
 def _walk(root: Path, recursive: bool, exclude: Path) -> Iterator[Path]:
     """Image files in ``root`` (sorted; sub-folders when ``recursive``), hidden files and the
-    output folder left out; symbolic links to folders are not followed."""
+    output folder left out; symbolic links to folders are not followed. Only regular files (or symbolic
+    links to them) are images: a FIFO or a device named ``*.png`` would block the reader forever."""
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(
@@ -142,7 +144,7 @@ def _walk(root: Path, recursive: bool, exclude: Path) -> Iterator[Path]:
             if recursive and not d.startswith(".") and (here / d).resolve() != exclude
         )
         for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES and (here / name).is_file():
                 yield here / name
 
 
@@ -170,6 +172,10 @@ def discover(inputs: list[str], recursive: bool, exclude: Path) -> tuple[list[Jo
 
     for spec in inputs:
         if add_path(Path(spec)):
+            continue
+        what = not_a_file(spec)
+        if what not in (None, "not there"):  # a FIFO, a device, a socket, a broken link: say so
+            problems.append(f"{spec}: is {what}, not an image file")
             continue
         if glob.has_magic(spec):
             matches = sorted(glob.glob(spec, recursive=recursive))

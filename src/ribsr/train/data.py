@@ -48,6 +48,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ribsr.degrade import DegradationOptions, SecondOrderDegradation, usm_sharp
 from ribsr.evaluate import IMAGE_EXTENSIONS
 from ribsr.imresize import imresize
 
@@ -64,6 +65,7 @@ __all__ = [
     "LmdbStore",
     "MemoryStore",
     "PairedImageDataset",
+    "RealESRGANDataset",
     "build_dataloader",
     "open_store",
 ]
@@ -554,8 +556,9 @@ class DownsampleImageDataset(_SRDataset):
         super().__init__(gt_store, scale, gt_size, use_hflip, use_rot, seed, name, dataset_enlarge_ratio, shuffle)
         log.info("%r: LR made with MATLAB-style imresize (%s backend)", self, io_backend)
 
-    def _lr(self, gt: np.ndarray) -> np.ndarray:
-        return imresize(gt, 1 / self.scale)
+    def _pair(self, gt: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """The sample tensors of an HR crop (uint8 (H, W, 3), H and W multiples of the scale): LR and HR."""
+        return {"lq": _to_tensor(imresize(gt, 1 / self.scale)), "gt": _to_tensor(gt)}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Validation: the whole image ``index``. Training: the random crop of global sample ``index``."""
@@ -568,9 +571,7 @@ class DownsampleImageDataset(_SRDataset):
             if h == 0 or w == 0:
                 raise DataError(f"{self.gt_store.describe(key)}: a {gt.shape[1]}x{gt.shape[0]} (WxH) image is "
                                 f"smaller than the scale {s}")
-            gt = gt[:h, :w]
-            return {"lq": _to_tensor(self._lr(gt)), "gt": _to_tensor(gt), "key": key,
-                    "gray": self.gt_store.is_grayscale(key)}
+            return {**self._pair(gt[:h, :w], self._rng(i)), "key": key, "gray": self.gt_store.is_grayscale(key)}
         g = self._sample_index(index)
         i = self.sample_image(g)
         key = self.gt_store.keys[i]
@@ -580,7 +581,34 @@ class DownsampleImageDataset(_SRDataset):
         y = int(rng.integers(0, gt.shape[0] - size + 1))
         x = int(rng.integers(0, gt.shape[1] - size + 1))
         (gt,) = self._augment(rng, gt[y : y + size, x : x + size])
-        return {"lq": _to_tensor(self._lr(gt)), "gt": _to_tensor(gt), "key": key}
+        return {**self._pair(np.ascontiguousarray(gt), rng), "key": key}
+
+
+class RealESRGANDataset(DownsampleImageDataset):
+    """HR (gt) images only; the LR of each HR crop is made by Real-ESRGAN's second-order degradation.
+
+    As :class:`DownsampleImageDataset` (the same crops and flips), with the LR drawn by
+    :class:`ribsr.degrade.SecondOrderDegradation` from the sample's own generator, so a sample still depends only on
+    ``(seed, g)``. Validation items (whole images) are degraded with the generator of ``(seed, index)``.
+    ``gt_usm``: degrade the unsharp-masked HR (:func:`ribsr.degrade.usm_sharp`), as Real-ESRGAN's ``gt_usm``, and
+    add it to the sample as ``"gt_usm"`` (``"gt"`` stays the HR itself).
+    """
+
+    def __init__(self, dataroot_gt: str | Path, scale: int, *, degradation: DegradationOptions | None = None,
+                 gt_usm: bool = False, **kwargs: Any) -> None:
+        super().__init__(dataroot_gt, scale, **kwargs)
+        self.degradation = SecondOrderDegradation(self.scale, degradation)
+        self.gt_usm = bool(gt_usm)
+
+    def _pair(self, gt: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        hr = gt.astype(np.float32) / 255.0
+        out = {"gt": torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1)))}  # (H, W, 3) -> (3, H, W)
+        if self.gt_usm:
+            hr = usm_sharp(hr)
+            out["gt_usm"] = torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1)))
+        lq, _ = self.degradation(hr, rng)
+        out["lq"] = _to_tensor(lq)
+        return out
 
 
 # ---------------------------------------------------------------------------------- sampling, loading

@@ -38,6 +38,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ribsr.build import build_sst
 from ribsr.checkpoint import CheckpointError, checkpoint_scale, read_checkpoint, resize_upsampler
 from ribsr.config import SSTConfig
+from ribsr.degrade import DegradationOptions
 from ribsr.inference import Upscaler
 from ribsr.metrics import psnr, ssim
 from ribsr.model import SST
@@ -203,8 +204,10 @@ def load_pretrained(model: SST, path: Path, param_key: str = "params", strict: b
     log.info("loaded pretrained weights from %s", path)
 
 
-def build_dataset(d: DatasetOptions, scale: int, seed: int, train: bool):
-    """The dataset a ``datasets.*`` block describes (random crops when ``train``; whole images otherwise)."""
+def build_dataset(d: DatasetOptions, scale: int, seed: int, train: bool, *,
+                  degradation: DegradationOptions | None = None, gt_usm: bool = False):
+    """The dataset a ``datasets.*`` block describes (random crops when ``train``; whole images otherwise);
+    ``degradation`` and ``gt_usm`` are those of a ``RealESRGANDataset``."""
     common = dict(
         gt_size=d.gt_size if train else None, use_hflip=d.use_hflip and train, use_rot=d.use_rot and train,
         io_backend=d.io_backend.type, meta_info_file=d.meta_info_file, name=d.name,
@@ -214,6 +217,8 @@ def build_dataset(d: DatasetOptions, scale: int, seed: int, train: bool):
     if d.type == "PairedImageDataset":
         return train_data.PairedImageDataset(d.dataroot_gt, d.dataroot_lq, scale, filename_tmpl=d.filename_tmpl,
                                              **common)
+    if d.type == "RealESRGANDataset":
+        return train_data.RealESRGANDataset(d.dataroot_gt, scale, degradation=degradation, gt_usm=gt_usm, **common)
     return train_data.DownsampleImageDataset(d.dataroot_gt, scale, **common)
 
 
@@ -287,9 +292,10 @@ class Trainer:
         self.skipped_steps = 0
         self.nonfinite_streak = 0
 
-        self.train_set = build_dataset(opts.train_data, opts.scale, opts.manual_seed, train=True)
+        real = {"degradation": opts.degradation, "gt_usm": opts.usm.gt_usm}
+        self.train_set = build_dataset(opts.train_data, opts.scale, opts.manual_seed, train=True, **real)
         self.val_sets = {
-            key: build_dataset(d, opts.scale, opts.manual_seed, train=False) for key, d in opts.val_data.items()
+            key: build_dataset(d, opts.scale, opts.manual_seed, train=False, **real) for key, d in opts.val_data.items()
         }
         self._resume(resume)
         self.net: nn.Module = self.model
@@ -450,7 +456,8 @@ class Trainer:
     def step(self, batch: dict[str, Any], stop_requested: bool = False) -> tuple[float, bool, bool]:
         """One optimisation step; returns (mean loss over processes, whether it was finite, stop now)."""
         lq = batch["lq"].to(self.device, non_blocking=True)
-        gt = batch["gt"].to(self.device, non_blocking=True)
+        target = "gt_usm" if "gt_usm" in batch and self.opts.usm.l1_gt_usm else "gt"
+        gt = batch[target].to(self.device, non_blocking=True)
         with self._autocast():
             pred = self.net(lq)
         loss = self.loss_fn(pred.float(), gt)

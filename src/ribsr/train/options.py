@@ -27,6 +27,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from ribsr.config import ConfigError, SSTConfig
+from ribsr.degrade import DegradationError, DegradationOptions
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,13 @@ class DatasetOptions:
     """One ``datasets.*`` block: where the images are and how batches are drawn from them.
 
     ``PairedImageDataset`` pairs HR images with pre-made LR ones (``dataroot_lq``, names via ``filename_tmpl``);
-    ``DownsampleImageDataset`` makes the LR of each HR crop on the fly. ``gt_size`` is the HR patch size of
-    training crops (required for ``datasets.train``).
+    ``DownsampleImageDataset`` makes the LR of each HR crop on the fly with bicubic ``imresize``,
+    ``RealESRGANDataset`` with Real-ESRGAN's second-order degradation (``Options.degradation``). ``gt_size`` is
+    the HR patch size of training crops (required for ``datasets.train``).
     """
 
     name: str
-    type: str = _opt(choices=("PairedImageDataset", "DownsampleImageDataset"))
+    type: str = _opt(choices=("PairedImageDataset", "DownsampleImageDataset", "RealESRGANDataset"))
     dataroot_gt: Path = _opt()
     dataroot_lq: Path | None = None
     meta_info_file: Path | None = None
@@ -200,6 +202,18 @@ class PathOptions:
 
 
 @dataclass(frozen=True)
+class UsmOptions:
+    """Real-ESRGAN's unsharp-masked targets: ``gt_usm`` degrades the sharpened HR and offers it as a target;
+    ``l1_gt_usm`` / ``percep_gt_usm`` / ``gan_gt_usm`` pick it (else the HR itself) for the pixel, perceptual and
+    GAN losses."""
+
+    gt_usm: bool = False
+    l1_gt_usm: bool = True
+    percep_gt_usm: bool = True
+    gan_gt_usm: bool = False
+
+
+@dataclass(frozen=True)
 class Options:
     """A whole option file, validated; ``raw`` is its resolved plain-dict form (saved in checkpoints).
 
@@ -217,6 +231,8 @@ class Options:
     logger: LoggerOptions
     path: PathOptions
     manual_seed: int = 0
+    degradation: DegradationOptions | None = None
+    usm: UsmOptions = UsmOptions()
     source: Path | None = field(default=None, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -234,6 +250,10 @@ class Options:
             "datasets": {"train": _plain(self.train_data), **{k: _plain(v) for k, v in self.val_data.items()}},
             "train": _plain(self.train),
         }
+        if self.degradation is not None:
+            out["degradation"] = self.degradation.to_dict()
+        if self.usm != UsmOptions():
+            out.update(_plain(self.usm))
         if self.val is not None:
             out["val"] = _plain(self.val)
         out["logger"] = _plain(self.logger)
@@ -289,14 +309,20 @@ def _plain(obj: Any) -> Any:
 
 # ---------------------------------------------------------------------- keys BasicSR needs and we do not
 _IGNORED_TOP = frozenset({"num_gpu", "dist_params", "model_type", "is_train", "dist", "rank", "world_size",
-                          "auto_resume"})
+                          "auto_resume", "queue_size", "high_order_degradation"})
 _IGNORED_IN: dict[type, frozenset[str]] = {
     DatasetOptions: frozenset({"prefetch_mode", "pin_memory", "phase", "color"}),
     LoggerOptions: frozenset({"wandb"}),
     PathOptions: frozenset({"experiments_root", "models", "training_states", "log", "visualization", "root",
                             "results_root"}),
 }
-_TOP_KEYS = ("name", "scale", "manual_seed", "network_g", "datasets", "train", "val", "logger", "path")
+_TOP_KEYS = ("name", "scale", "manual_seed", "network_g", "datasets", "train", "val", "logger", "path", "degradation",
+             "gt_size", *(f.name for f in dataclasses.fields(UsmOptions)))
+# Real-ESRGAN's degradation keys: the stages' at the top of its option files (or in a ``degradation`` block), the
+# kernels' in ``datasets.train``; any of them may stand in any of the three places, once.
+DEGRADATION_KEYS = frozenset(f.name for f in dataclasses.fields(DegradationOptions))
+# Keys of a ``degradation`` block as other Real-ESRGAN-style code writes it, besides DEGRADATION_KEYS.
+_DEGRADATION_BLOCK_EXTRA = ("sf", "gt_size", "use_sharp", "resize_back")
 
 
 # ---------------------------------------------------------------------- the converter
@@ -585,8 +611,8 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
     for key in data:
         if key in _IGNORED_TOP:
             ctx.ignored.append(str(key))
-        elif key not in _TOP_KEYS:
-            ctx.problem(str(key), f"unknown key (known: {', '.join(_TOP_KEYS)})")
+        elif key not in _TOP_KEYS and key not in DEGRADATION_KEYS:
+            ctx.problem(str(key), f"unknown key (known: {', '.join(_TOP_KEYS)}, and Real-ESRGAN's degradation keys)")
 
     def top(key: str, tp: Any, default: Any = MISSING, **meta: Any) -> Any:
         if key not in data:
@@ -612,7 +638,11 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
         ctx.problem("datasets", "missing" if datasets is None else f"must be a mapping, got {datasets!r}")
     else:
         for key, block in datasets.items():
+            if isinstance(block, Mapping) and "meta_info" in block and "meta_info_file" not in block:
+                block = {("meta_info_file" if k == "meta_info" else k): v for k, v in block.items()}  # Real-ESRGAN's
             if key == "train":
+                if isinstance(block, Mapping):  # the kernels' keys are read with the degradation's
+                    block = {k: v for k, v in block.items() if k not in DEGRADATION_KEYS}
                 train_data = _build(DatasetOptions, block, "datasets.train", ctx)
             elif isinstance(key, str) and (key == "val" or key.startswith("val_")):
                 val_data[key] = _build(DatasetOptions, block, f"datasets.{key}", ctx)
@@ -625,6 +655,10 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
             ctx.problem("datasets.train.gt_size", "missing (the HR patch size of training crops)")
         elif scale is not _BAD and train_data.gt_size % scale:
             ctx.problem("datasets.train.gt_size", f"must be a multiple of scale ({scale}), got {train_data.gt_size}")
+
+    if isinstance(data.get("gt_size"), int) and train_data is not _BAD and data["gt_size"] != train_data.gt_size:
+        ctx.problem("gt_size", f"must equal datasets.train.gt_size ({train_data.gt_size}), got {data['gt_size']!r}")
+    degradation, usm = _build_degradation(data, train_data, scale, ctx)
 
     train = top("train", TrainOptions)
     val = None if data.get("val") is None else _build(ValOptions, data["val"], "val", ctx)
@@ -639,7 +673,69 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
     if ctx.problems:
         return None
     return Options(name=name, scale=scale, network=network, train_data=train_data, val_data=val_data, train=train,
-                   val=val, logger=logger, path=paths, manual_seed=manual_seed, source=source)
+                   val=val, logger=logger, path=paths, manual_seed=manual_seed, degradation=degradation, usm=usm,
+                   source=source)
+
+
+def _build_degradation(data: Mapping[str, Any], train_data: Any, scale: Any,
+                       ctx: _Context) -> tuple[DegradationOptions | None, UsmOptions]:
+    """The degradation of a ``RealESRGANDataset`` run, gathered from the top level, the ``degradation`` block and
+    ``datasets.train``, and its USM options; None without such a dataset (then no degradation key may be given)."""
+    values: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    usm_values: dict[str, Any] = {k: data[k] for k in ("gt_usm", "l1_gt_usm", "percep_gt_usm", "gan_gt_usm")
+                                  if k in data}
+
+    def take(block: Mapping[str, Any], prefix: str) -> None:
+        for key, value in block.items():
+            if key not in DEGRADATION_KEYS:
+                continue
+            if key in values:
+                ctx.problem(f"{prefix}{key}", f"given twice (also as {where[key]})")
+            values[key], where[key] = value, f"{prefix}{key}"
+
+    take(data, "")
+    block = data.get("degradation")
+    if block is not None:
+        if not isinstance(block, Mapping):
+            ctx.problem("degradation", f"must be a mapping, got {block!r}")
+        else:
+            take(block, "degradation.")
+            for key in block:
+                if key not in DEGRADATION_KEYS and key not in _DEGRADATION_BLOCK_EXTRA:
+                    ctx.problem(f"degradation.{key}", "unknown degradation key")
+            if "sf" in block and block["sf"] != scale:
+                ctx.problem("degradation.sf", f"must equal scale ({scale}), got {block['sf']!r}")
+            if "gt_size" in block and train_data is not _BAD and block["gt_size"] != train_data.gt_size:
+                ctx.problem("degradation.gt_size", f"must equal datasets.train.gt_size ({train_data.gt_size}), "
+                            f"got {block['gt_size']!r}")
+            if block.get("resize_back"):
+                ctx.problem("degradation.resize_back", "resizing the LR back to the HR size is not supported")
+            if "use_sharp" in block:
+                usm_values.setdefault("gt_usm", block["use_sharp"])
+    train_block = data.get("datasets", {}).get("train") if isinstance(data.get("datasets"), Mapping) else None
+    if isinstance(train_block, Mapping):
+        take(train_block, "datasets.train.")
+    for key, value in list(usm_values.items()):
+        if not isinstance(value, bool):
+            ctx.problem("degradation.use_sharp" if key == "gt_usm" and "gt_usm" not in data else key,
+                        f"must be true or false, got {value!r}")
+            del usm_values[key]
+    usm = UsmOptions(**usm_values)
+    is_real = train_data is not _BAD and train_data.type == "RealESRGANDataset"
+    if not is_real:
+        if values or block is not None or usm.gt_usm:
+            given = sorted(where.values()) or ["degradation" if block is not None else "gt_usm"]
+            ctx.problem(given[0], "degradation options need datasets.train.type: RealESRGANDataset")
+        return None, usm
+    try:
+        return DegradationOptions.from_mapping(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}), usm
+    except DegradationError as exc:
+        for problem in exc.problems:
+            key, _, message = problem.partition(": ")
+            ctx.problem(where.get(key, key), message)
+        return None, usm
 
 
 # ---------------------------------------------------------------------- overrides

@@ -406,3 +406,117 @@ def test_resizing_a_broken_upsampler_is_a_checkpoint_error(tmp_path, change):
     path = _ours_with(tmp_path, {k: v for k, v in state.items() if v is not None}, cfg.to_json())
     with pytest.raises(CheckpointError, match=r"hostile\.safetensors: cannot resize the upsampler: upsampler\.up_conv"):
         load_model(path, scale=3, resize_upsampler=True)
+
+
+# ------------------------------------------------------------------ weights no network should get
+def _tiny_state():
+    return _perturbed(build_model(dict(TINY), scale=2)).state_dict()
+
+
+def _write(tmp_path, state, fmt):
+    """``state`` as a paper .pth (params_ema) or as our .safetensors (with its config), as a hostile file has it."""
+    if fmt == "pth":
+        path = tmp_path / "w.pth"
+        torch.save({"params_ema": state}, path)
+        return path, {"config": dict(TINY)}
+    config = build_model(dict(TINY), scale=2).config.to_json()
+    return _ours_with(tmp_path, state, config, name="w.safetensors"), {}
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.uint8, torch.bool, torch.complex64])
+def test_weights_that_are_not_floating_point_are_refused_naming_key_and_dtype(tmp_path, fmt, dtype):
+    """Integer and bool weights were cast to float32 silently (garbage, exit 0); complex ones only warned."""
+    state = _tiny_state()
+    state["body.0.0.attn.to_q"] = state["body.0.0.attn.to_q"].to(dtype)
+    path, kwargs = _write(tmp_path, state, fmt)
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(CheckpointError, match=rf"w\.{fmt}: 1 tensor is not floating point: body\.0\.0\.attn\.to_q "
+                       rf"\({name}\)"):
+        load_model(path, **kwargs)
+    with pytest.raises(CheckpointError, match=name):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_non_finite_weights_are_refused_naming_the_first_key_and_the_count(tmp_path, fmt):
+    """NaN/inf weights gave an all-black image with exit status 0."""
+    state = _tiny_state()
+    keys = list(state)
+    first, later = keys[3], next(k for k in keys[4:] if k > keys[3])  # first in the state's and sorted order
+    state[first].view(-1)[:2] = float("nan")
+    state[first].view(-1)[2] = float("inf")
+    state[later].view(-1)[0] = -float("inf")
+    path, kwargs = _write(tmp_path, state, fmt)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path, **kwargs)
+    message = str(info.value)
+    assert "4 non-finite weights (NaN or infinite) in 2 tensors" in message, message
+    assert f"the first in {first} (2 NaN, 1 infinite of {state[first].numel()})" in message
+    # float64 and half weights are floating point, and finite ones load
+    state[first].view(-1)[:3] = 0.5
+    state[later].view(-1)[0] = 0.5
+    state[first] = state[first].double()
+    path, kwargs = _write(tmp_path, state, fmt)
+    assert next(load_model(path, **kwargs).parameters()).dtype == torch.float32
+
+
+def test_an_unsafe_pickle_is_refused_without_torch_advice_to_load_it_anyway(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    for obj, named in ((Payload(), "system"), (_Unknown(), "_Unknown")):
+        path = tmp_path / "evil.pth"
+        torch.save({"params_ema": {"x": torch.zeros(1)}, "obj": obj}, path)
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path)
+        message = str(info.value)
+        assert "evil.pth: refused" in message and named in message and "not one" in message, message
+        for advice in ("weights_only", "False", "trust", "safe_globals", "allowlist"):
+            assert advice not in message, (advice, message)
+
+
+class _Unknown:
+    pass
+
+
+def test_a_folder_or_fifo_given_as_checkpoint_says_what_it_is(tmp_path):
+    with pytest.raises(CheckpointError, match=rf"{tmp_path}: is a folder, not a checkpoint file"):
+        load_model(tmp_path, config="light")
+    os.mkfifo(tmp_path / "pipe.pth")
+    with pytest.raises(CheckpointError, match="is a FIFO"):  # not opened: reading it would block
+        read_checkpoint(tmp_path / "pipe.pth")
+
+
+@pytest.mark.parametrize("url", ["file:///models/x.pth", "ftp://example.invalid/x.pth", "s3://bucket/x.pth"])
+def test_urls_of_other_schemes_say_what_they_are(url):
+    scheme = url.split(":")[0]
+    with pytest.raises(ValueError, match=f"is a {scheme}:// URL") as info:
+        load_model(url, config="light")
+    assert not isinstance(info.value, FileNotFoundError) and "not found" not in str(info.value)
+    if scheme == "file":
+        assert "give the file's path instead (/models/x.pth)" in str(info.value)
+
+
+def test_dtype_may_be_named(tmp_path):
+    path = save_model(build_model(dict(TINY), scale=2), tmp_path / "m.safetensors")
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("torch.float16", torch.float16)):
+        assert next(load_model(path, dtype=name).parameters()).dtype == dtype
+    for bad in ("float33", "int8", torch.int64, 3):
+        with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype or its name"):
+            load_model(path, dtype=bad)
+
+
+def test_save_model_to_a_full_disk_is_an_os_error(tmp_path, monkeypatch):
+    """safetensors reports a full disk with its own exception type (not an OSError: a traceback in the CLI)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError, match=r"cannot write .*m\.safetensors: .*No space left on device.* MiB free"):
+        save_model(build_model(dict(TINY), scale=2), tmp_path / "m.safetensors")
+    assert os.listdir(tmp_path) == []

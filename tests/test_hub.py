@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from ribsr.build import build_model
-from ribsr.checkpoint import load_model, read_checkpoint, save_model
+from ribsr.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from ribsr.cli import main
-from ribsr.hub import ChecksumError, DownloadError, cache_dir, cached_path, fetch, is_url
+from ribsr.hub import ChecksumError, DownloadError, cache_dir, cached_path, fetch, is_url, redact
 
 TINY = dict(dim=24, window_sizes=(8, 16), num_heads=(3, 3), ranks=(4, 8), n_blocks=1, rib_hidden_dim=8, rib_n_freqs=2)
 
@@ -29,11 +36,17 @@ class Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: Counter[str] = Counter()
+        self.custom: dict[str, Callable[[http.server.BaseHTTPRequestHandler], None]] = {}  # path -> handler
+        self.headers: list[dict[str, str]] = []  # the request headers, in order
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the http.server name)
                 server.requests[self.path] = server.requests[self.path] + 1
+                server.headers.append(dict(self.headers))
+                if self.path in server.custom:
+                    server.custom[self.path](self)
+                    return
                 kind, _, name = self.path.lstrip("/").partition("/")
                 body = server.files.get("/" + name) if kind in ("short", "page") else server.files.get(self.path)
                 if body is None:
@@ -48,8 +61,8 @@ class Server:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # daemon threads: never waited for
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
@@ -245,3 +258,154 @@ def test_cli_upscale_takes_an_onnx_url(server, torch_home, checkpoint, tmp_path)
     assert main([*args, "--sha256", _sha256(onnx_file)]) == 0
     assert Image.open(tmp_path / "out" / "in_x2.png").size == (24, 20)
     assert _cache_files(torch_home) == ["tiny_x2.onnx"]
+
+
+# ---------------------------------------------------------------------- what must never enter the cache
+def _send(handler, body: bytes, length: int | None = None, pause: float = 0.0, chunk: int = 0, **headers: str):
+    """Answer 200 with ``body`` (``length``: the Content-Length announced), in pieces of ``chunk`` bytes with
+    ``pause`` seconds between them; a client that went away ends it."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(len(body) if length is None else length))
+    for key, value in headers.items():
+        handler.send_header(key.replace("_", "-"), value)
+    handler.end_headers()
+    try:
+        step = chunk or len(body) or 1
+        for i in range(0, len(body), step):
+            handler.wfile.write(body[i:i + step])
+            handler.wfile.flush()
+            if pause:
+                time.sleep(pause)
+    except OSError:
+        pass
+
+
+def test_a_compressed_body_is_refused_and_identity_is_asked_for(server, torch_home, checkpoint):
+    import gzip
+
+    body = gzip.compress(checkpoint.read_bytes())
+    server.custom["/sst_tiny_x2.safetensors"] = lambda h: _send(h, body, Content_Encoding="gzip")
+    with pytest.raises(DownloadError, match="gzip-compressed") as info:
+        fetch(server.url("/sst_tiny_x2.safetensors"), progress=False)
+    assert "not stored" in str(info.value) and _cache_files(torch_home) == []
+    assert server.headers[0]["Accept-Encoding"] == "identity"
+
+
+def test_a_body_longer_than_its_content_length_is_refused(server, torch_home, checkpoint):
+    body = checkpoint.read_bytes()
+    server.custom["/sst_tiny_x2.safetensors"] = lambda h: _send(h, body, length=len(body) - 100)
+    with pytest.raises(DownloadError, match=f"more than the {len(body) - 100} bytes its Content-Length announced"):
+        fetch(server.url("/sst_tiny_x2.safetensors"), progress=False)
+    assert _cache_files(torch_home) == []
+
+
+@pytest.mark.parametrize("name", ["sst_tiny_x2.safetensors", "SST_tiny_x2.pth"])
+def test_a_file_that_is_not_a_checkpoint_is_not_stored(server, torch_home, checkpoint, name):
+    """Whole by its length, but not readable as a checkpoint (read before the rename into the cache)."""
+    server.files[f"/{name}"] = b"\x00" * 4096
+    with pytest.raises(DownloadError, match="not a readable checkpoint; not stored"):
+        fetch(server.url(f"/{name}"), progress=False)
+    assert _cache_files(torch_home) == []
+
+
+def test_a_bad_cached_entry_says_how_to_clear_it(server, torch_home, checkpoint):
+    server.files["/sst_tiny_x2.safetensors"] = checkpoint.read_bytes()
+    url = server.url("/sst_tiny_x2.safetensors")
+    cached = fetch(url, progress=False)
+    cached.write_bytes(cached.read_bytes()[:1000])  # damaged on disk, or stored by an older version
+    with pytest.raises(CheckpointError) as info:
+        load_model(url, progress=False)
+    assert f"it is the cached copy of {url}: delete it to download it again (rm {cached})" in str(info.value)
+
+
+def test_a_stall_names_the_bytes_received(server, torch_home, checkpoint):
+    body = checkpoint.read_bytes()
+
+    def stall(h):
+        _send(h, body[:1000], length=len(body))
+        time.sleep(2)
+
+    server.custom["/sst_tiny_x2.safetensors"] = stall
+    with pytest.raises(DownloadError, match=f"stalled: no data for 0.3 s after 1000 bytes of {len(body)}"):
+        fetch(server.url("/sst_tiny_x2.safetensors"), progress=False, timeout=0.3)
+    assert _cache_files(torch_home) == []
+
+
+def test_a_trickle_trips_the_minimum_rate_and_the_deadline(server, torch_home, checkpoint):
+    """A byte every 0.02 s never trips the per-read timeout; the rate over each span and the deadline do."""
+    body = checkpoint.read_bytes()
+    server.custom["/sst_tiny_x2.safetensors"] = lambda h: _send(h, body, pause=0.02, chunk=1)
+    url = server.url("/sst_tiny_x2.safetensors")
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"too slow: \d+ bytes/s over the last 0\.[45]"):
+        fetch(url, progress=False, timeout=0.4, min_rate=1000)
+    with pytest.raises(DownloadError, match="took more than 0.5 s"):
+        fetch(url, progress=False, timeout=0.4, deadline=0.5, min_rate=0)
+    assert time.monotonic() - start < 5 and _cache_files(torch_home) == []
+
+
+def test_a_password_in_the_url_is_never_shown_and_is_used(server, torch_home, checkpoint):
+    good = "Basic " + base64.b64encode(b"me:s3cret").decode()
+
+    def private(h):
+        if h.headers.get("Authorization") != good:
+            h.send_response(401)
+            h.send_header("WWW-Authenticate", 'Basic realm="models"')
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        _send(h, checkpoint.read_bytes())
+
+    server.custom["/private/sst_tiny_x2.safetensors"] = private
+    port = server.httpd.server_address[1]
+    wrong = f"http://me:wrong@127.0.0.1:{port}/private/sst_tiny_x2.safetensors"
+    with pytest.raises(DownloadError) as info:
+        fetch(wrong, progress=False)
+    assert "HTTP 401" in str(info.value) and "wrong" not in str(info.value) and "me:***@" in str(info.value)
+    assert fetch(f"http://me:s3cret@127.0.0.1:{port}/private/sst_tiny_x2.safetensors", progress=False).is_file()
+    assert redact("https://u:p@h:1/x.pth?q") == "https://u:***@h:1/x.pth?q" and redact("https://h/x") == "https://h/x"
+
+
+def test_sigterm_removes_the_part_file(server, torch_home, checkpoint, tmp_path):
+    """A download told to stop (SIGTERM) removes its .part file; those a SIGKILL left (their process gone) are
+    removed by the next download of the same file."""
+    body = checkpoint.read_bytes()
+    started = threading.Event()
+
+    def slow(h):
+        _send(h, body[:1000], length=len(body))
+        started.set()
+        time.sleep(10)
+
+    server.custom["/sst_tiny_x2.safetensors"] = slow
+    url = server.url("/sst_tiny_x2.safetensors")
+    folder = torch_home / "hub" / "checkpoints"
+    code = f"from ribsr.hub import download; download({url!r}, progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TORCH_HOME": str(torch_home)},
+                            stderr=subprocess.PIPE)
+    try:
+        assert started.wait(30)
+        deadline = time.monotonic() + 10
+        while not [n for n in _cache_files(torch_home) if n.endswith(".part")] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [n for n in _cache_files(torch_home) if n.endswith(".part")]
+        time.sleep(0.2)  # waiting in the read loop
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _cache_files(torch_home) == []
+
+    dead = subprocess.Popen(["true"])  # noqa: S607
+    dead.wait()
+    killed = folder / f".sst_tiny_x2.safetensors.{dead.pid}-0123abcd.part"  # what a SIGKILLed download leaves
+    other = folder / f".other.pth.{dead.pid}-0123abcd.part"  # another file's: not this download's concern
+    mine = folder / f".sst_tiny_x2.safetensors.{os.getpid()}-0123abcd.part"  # a running process's
+    for path in (killed, other, mine):
+        path.write_bytes(b"half")
+    server.custom.pop("/sst_tiny_x2.safetensors")
+    server.files["/sst_tiny_x2.safetensors"] = body
+    fetch(url, progress=False)
+    assert _cache_files(torch_home) == sorted([other.name, mine.name, "sst_tiny_x2.safetensors"])

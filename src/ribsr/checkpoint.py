@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import pickle
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -15,8 +17,8 @@ import torch.nn.functional as F
 from ribsr.assets import DEFAULT_MODEL, default_model_path
 from ribsr.build import ConfigSpec, build_model, build_sst, resolve_config
 from ribsr.config import PRESETS, SSTConfig, preset, preset_name
-from ribsr.files import atomic_write
-from ribsr.hub import fetch
+from ribsr.files import atomic_write, disk_space_hint, not_a_file
+from ribsr.hub import fetch, is_url, redact
 from ribsr.model import SST
 
 log = logging.getLogger(__name__)
@@ -48,25 +50,52 @@ def read_checkpoint(
     state dict, optionally with ``module.`` prefixes; read with ``torch.load(weights_only=True)``.
     ``.safetensors``: our format, with the config in the metadata.
     """
-    path = fetch(path, sha256=sha256, progress=progress)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
+    return _read_local(fetch(path, sha256=sha256, progress=progress), path)
+
+
+def _read_local(local: Path, origin: str | Path) -> tuple[StateDict, SSTConfig | None]:
+    """:func:`read_checkpoint` of the local file ``local`` that ``origin`` (a path or URL) gave."""
+    what = not_a_file(local)
+    if what == "not there":
+        raise FileNotFoundError(f"checkpoint not found: {local}")
+    if what is not None:
+        raise CheckpointError(f"{local}: is {what}, not a checkpoint file")
+    try:
+        return read_state(local, "safetensors" if local.suffix == ".safetensors" else "torch")
+    except CheckpointError as exc:
+        if is_url(origin):  # a cached copy that went bad (or was stored by an older version)
+            raise CheckpointError(f"{exc}\n  it is the cached copy of {redact(str(origin))}: delete it to download "
+                                  f"it again (rm {shlex.quote(str(local))})") from None
+        raise
+
+
+def read_state(path: Path, fmt: str) -> tuple[StateDict, SSTConfig | None]:
+    """The state dict and config of a checkpoint file whose format is ``fmt`` (``"safetensors"`` or ``"torch"``,
+    whatever its name), as :func:`read_checkpoint` reads them; its tensors checked by :func:`check_tensors`."""
+    if fmt == "safetensors":
         from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
         config = None
         if "ribsr_config" in meta:  # a JSON object of SSTConfig fields (ConfigError names the file and field)
             config = SSTConfig.from_json(meta["ribsr_config"], source=f"{path}, metadata field 'ribsr_config'")
+        check_tensors(state, str(path))
         return _strip_prefix(state), config
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):  # a corrupt pickle, not torch's refusal of one
+            raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint (UnpicklingError: {exc})") from None
+        # torch's refusal of objects beyond tensors and plain data; its advice on loading the file anyway is dropped
+        raise CheckpointError(f"{path}: refused: {_unpickling_detail(str(exc))}; a checkpoint holds only tensors, "
+                              "numbers, strings and containers, so this file is not one (it may run code when "
+                              "unpickled)") from None
+    except Exception as exc:  # torch raises many types for corrupt pickles
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
@@ -78,7 +107,56 @@ def read_checkpoint(
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
         raise CheckpointError(f"{path}: holds no tensors (keys: {sorted(obj)[:8]})")
+    check_tensors(state, str(path))
     return _strip_prefix(state), None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# Sentences of torch's refusal that tell how to load the file anyway: never repeated.
+_ADVICE = ("weights_only", "trust", "safe_globals", "allowlist", "documentation of torch.load", "you have two options",
+           "recommended steps")
+
+
+def _unpickling_detail(message: str) -> str:
+    """What a refused pickle asked for, from torch's message, without its advice on loading it anyway."""
+    message = _ANSI.sub("", message)
+    if match := _GLOBAL.search(message):
+        return f"its pickle asks for the Python object {match.group(1)}"
+    kept = []
+    for line in message.splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        sentences = [s for s in re.split(r"(?<=\.)\s+", line) if s and not any(a in s for a in _ADVICE)]
+        if sentences and not line.startswith("Weights only load failed"):
+            kept.append(" ".join(sentences))
+    return f"its pickle holds more than tensors and plain data ({'; '.join(kept)})" if kept else \
+        "its pickle holds more than tensors and plain data"
+
+
+def check_tensors(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` (naming ``source``) for weights no network should get: tensors that are not
+    floating point (integer, bool or complex weights would be cast to float32 and give garbage), or NaN or
+    infinite values (an all-black image); the first bad key and the counts are named."""
+    odd = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items() if not v.is_floating_point()]
+    if odd:
+        shown = ", ".join(odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+        raise CheckpointError(f"{source}: {len(odd)} tensor{'s are' if len(odd) != 1 else ' is'} not floating point: "
+                              f"{shown}; network weights are float32, float16, bfloat16 or float64")
+    first, n_bad, n_tensors = None, 0, 0
+    for key, value in state.items():
+        if value.numel() == 0 or bool(torch.isfinite(value).all()):
+            continue
+        bad = int(value.numel() - torch.isfinite(value).sum())
+        if first is None:
+            first = (key, int(torch.isnan(value).sum()), bad)
+        n_bad, n_tensors = n_bad + bad, n_tensors + 1
+    if first is not None:
+        key, nan, bad = first
+        raise CheckpointError(
+            f"{source}: {n_bad} non-finite weight{'s' if n_bad != 1 else ''} (NaN or infinite) in {n_tensors} "
+            f"tensor{'s' if n_tensors != 1 else ''}, the first in {key} ({nan} NaN, {bad - nan} infinite of "
+            f"{state[key].numel()}); the file is damaged or its training diverged"
+        )
 
 
 @functools.lru_cache(maxsize=64)
@@ -343,7 +421,7 @@ def load_model(
     path: str | Path,
     config: ConfigSpec | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     attention: str = "auto",
     scale: int | None = None,
     sha256: str | None = None,
@@ -361,19 +439,32 @@ def load_model(
     ``scale``, an ``SSTConfig``; preset names state none): a mismatch is a :class:`CheckpointError`.
     ``resize_upsampler=True`` allows it, resizing the upsampler to ``scale`` (or the config's scale) as the
     paper's code does for fine-tuning (see :func:`resize_upsampler`; the resized upsampler is untrained).
-    ``dtype`` defaults to float32.
+    ``dtype`` (a floating-point ``torch.dtype`` or its name, ``"bfloat16"``) defaults to float32.
     ``path`` may be an ``http(s)://`` URL: downloaded once into ``torch.hub.get_dir()/checkpoints`` (with a
     progress bar on a terminal unless ``progress`` is False) and read from there after; ``sha256``, when
     given, is checked (see :func:`ribsr.hub.fetch`).
     """
+    dtype = _weights_dtype(dtype)
     if str(path) == DEFAULT_MODEL and not Path(path).exists():
         path = default_model_path(scale or 2)
-    path = fetch(path, sha256=sha256, progress=progress)
-    state, stored = read_checkpoint(path)
+    origin, path = path, fetch(path, sha256=sha256, progress=progress)
+    state, stored = _read_local(path, origin)
     cfg, state = _at_scale(path, state, stored, config, scale, resize_upsampler)
     model = build_sst(cfg, attention=attention)
     model.load_state_dict(state, strict=True)
-    return model.to(device=device, dtype=dtype or torch.float32).eval()
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _weights_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """The floating-point dtype ``load_model`` is asked for: a ``torch.dtype``, its name (``"float32"``,
+    ``"torch.bfloat16"``) or None (float32)."""
+    if dtype is None:
+        return torch.float32
+    named = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not isinstance(named, torch.dtype) or not named.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype or its name (float32, bfloat16, float16, "
+                         f"float64), got {dtype!r}")
+    return named
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -389,8 +480,13 @@ def save_model(model: SST, path: str | Path, metadata: Mapping[str, str] | None 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT_NAME, "ribsr_version": __version__, "ribsr_config": model.config.to_json()}
     meta.update(metadata or {})
-    with atomic_write(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    from safetensors import SafetensorError
+
+    try:
+        with atomic_write(path) as tmp:
+            save_file(state, str(tmp), metadata=meta)
+    except SafetensorError as exc:  # a full disk, an I/O error: the safetensors library's own exception type
+        raise OSError(f"cannot write {path}: {exc}{disk_space_hint(path)}") from None
     return path
 
 
@@ -405,7 +501,7 @@ def resolve_model(
     config: ConfigSpec | None = None,
     scale: int | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     attention: str = "auto",
     sha256: str | None = None,
     progress: bool = True,
@@ -428,5 +524,6 @@ def describe(model: SST) -> str:
 __all__ = [
     "CheckpointError", "build_model", "checkpoint_scale", "convert_checkpoint", "describe", "fitting_configs",
     "load_model",
-    "matching_presets", "read_checkpoint", "resize_upsampler", "resolve_model", "save_model", "structure_problems",
+    "check_tensors", "matching_presets", "read_checkpoint", "read_state", "resize_upsampler", "resolve_model",
+    "save_model", "structure_problems",
 ]

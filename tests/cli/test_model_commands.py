@@ -114,3 +114,54 @@ def test_an_option_file_without_network_g_is_an_error_naming_it(tmp_path, capsys
     assert main([*args, "--config", str(opt)]) == 2
     err = capsys.readouterr().err
     assert str(opt.name) in err and "no network_g block" in err, err
+
+
+def test_verify_fails_when_a_difference_is_nan(tmp_path, capsys):
+    folder = _one_case_folder(tmp_path)
+    io_path = folder / "direct_x2_cyclic_io.pt"
+    io = torch.load(io_path, weights_only=True)
+    io["output"][0, 0, 0, 0] = float("nan")
+    torch.save(io, io_path)
+    assert main(["verify", str(folder), "--attention", "concat"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: 1 runs, 1 with NaN or infinite differences" in out and "nan" in out
+
+
+@pytest.mark.parametrize("text,problem", [("{oops", "not valid JSON"), ("[1, 2]", "expected an object"),
+                                          ('{"a": {"checkpoint": "a.pth"}}', "case 'a' must be an object with a "
+                                                                             "network_g object")])
+def test_verify_names_a_bad_cases_json(tmp_path, capsys, text, problem):
+    (tmp_path / "cases.json").write_text(text)
+    assert main(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "cases.json") in err and problem in err, err
+
+
+def _nan_checkpoint(tmp_path):
+    model = build_sst(SSTConfig.from_network_g(
+        json.loads((FIXTURES / "cases.json").read_text())["pixelshuffle_x3"]["network_g"]))
+    state = model.state_dict()
+    state["proj.weight"].view(-1)[:3] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save({"params_ema": state}, path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["info", "convert", "export-onnx", "upscale"])
+def test_non_finite_weights_are_refused_by_every_command(tmp_path, capsys, command):
+    src = str(_nan_checkpoint(tmp_path))
+    network_g = json.loads((FIXTURES / "cases.json").read_text())["pixelshuffle_x3"]["network_g"]
+    cfg = tmp_path / "opt.json"
+    cfg.write_text(json.dumps({"network_g": network_g}))
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    args = {"info": ["info", src],
+            "convert": ["convert", src, str(tmp_path / "c.safetensors"), "--config", str(cfg)],
+            "export-onnx": ["export-onnx", src, "-o", str(tmp_path / "m.onnx"), "--config", str(cfg)],
+            "upscale": ["upscale", str(image), "-o", str(tmp_path / "out"), "--model", src, "--config", str(cfg)]}
+    assert main(args[command]) == 2
+    err = capsys.readouterr().err
+    assert "3 non-finite weights (NaN or infinite) in 1 tensor, the first in proj.weight (3 NaN" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "nan.pth", "opt.json"]

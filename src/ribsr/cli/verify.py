@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -43,13 +44,10 @@ def run(args: argparse.Namespace) -> int:
         shared = os.environ.get("RIBSR_SHARED")
         first = Path(shared) / "fixtures" / "official-sst" if shared else DEFAULT_FIXTURES[0]
         folders = [first] + [p for p in DEFAULT_FIXTURES[1:] if (p / "cases.json").is_file()]
-    worst, count = 0.0, 0
+    worst, count, not_finite = 0.0, 0, 0
     print(f"{'case':<24} {'attention':<10} {'max |diff|':>11} {'seconds':>8}")
     for root in folders:
-        cases_file = root / "cases.json"
-        if not cases_file.is_file():
-            raise FileNotFoundError(f"no cases.json in fixture folder {root}")
-        for name, case in json.loads(cases_file.read_text()).items():
+        for name, case in read_cases(root).items():
             io = torch.load(root / f"{name}_io.pt", weights_only=True)
             checkpoint = case.get("checkpoint", f"{name}.pth")
             for attention in args.attention:
@@ -61,9 +59,34 @@ def run(args: argparse.Namespace) -> int:
                     out = model(io["input"])
                 seconds = time.perf_counter() - start
                 diff = (out - io["output"]).abs().max().item()
-                worst, count = max(worst, diff), count + 1
+                if not math.isfinite(diff):  # max() would keep the finite worst: a NaN must fail
+                    not_finite += 1
+                else:
+                    worst = max(worst, diff)
+                count += 1
                 print(f"{name:<24} {attention:<10} {diff:>11.2e} {seconds:>8.3f}")
-    ok = worst <= args.tolerance
-    print(f"{'OK' if ok else 'FAILED'}: {count} runs, worst max abs difference {worst:.2e} "
+    ok = worst <= args.tolerance and not not_finite
+    bad = f", {not_finite} with NaN or infinite differences" if not_finite else ""
+    print(f"{'OK' if ok else 'FAILED'}: {count} runs{bad}, worst finite max abs difference {worst:.2e} "
           f"(tolerance {args.tolerance:g})")
     return 0 if ok else 1
+
+
+def read_cases(root: Path) -> dict[str, dict]:
+    """The cases of a fixture folder's cases.json: an object of case name -> an object with ``network_g`` (and
+    optionally ``checkpoint``); ValueError naming the file otherwise."""
+    cases_file = root / "cases.json"
+    if not cases_file.is_file():
+        raise FileNotFoundError(f"no cases.json in fixture folder {root}")
+    try:
+        cases = json.loads(cases_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{cases_file}: not valid JSON ({exc})") from None
+    if not isinstance(cases, dict):
+        raise ValueError(f"{cases_file}: expected an object of case name -> case, got {type(cases).__name__}")
+    for name, case in cases.items():
+        if not isinstance(case, dict) or not isinstance(case.get("network_g"), dict):
+            raise ValueError(f"{cases_file}: case {name!r} must be an object with a network_g object, got {case!r:.80}")
+        if not isinstance(case.get("checkpoint", ""), str):
+            raise ValueError(f"{cases_file}: case {name!r}: checkpoint must be a file name, got {case['checkpoint']!r}")
+    return cases

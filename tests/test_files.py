@@ -29,3 +29,41 @@ def test_atomic_write_leaves_the_old_file_on_error(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("writer failed")
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_terminate_as_exception_keeps_ignored_signals_and_other_handlers():
+    import signal
+
+    from ribsr.files import Terminated, terminate_as_exception
+
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    old_term = signal.signal(signal.SIGTERM, mine)  # an application's own handler
+    try:
+        with terminate_as_exception():  # a library call: the application's handler stays
+            assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        with pytest.raises(Terminated) as info, terminate_as_exception(replace_handlers=True):  # the command line
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGTERM)
+        assert info.value.code == 128 + signal.SIGTERM and str(info.value) == "terminated by SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGHUP, before)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def test_not_a_file_and_check_writable(tmp_path):
+    from ribsr.files import check_writable, not_a_file
+
+    (tmp_path / "f").write_bytes(b"")
+    os.symlink(tmp_path / "f", tmp_path / "link")
+    os.mkfifo(tmp_path / "pipe")
+    assert not_a_file(tmp_path / "f") is None and not_a_file(tmp_path / "link") is None
+    assert not_a_file(tmp_path) == "a folder" and not_a_file(tmp_path / "pipe") == "a FIFO (named pipe)"
+    assert not_a_file("/dev/null") == "a character device" and not_a_file(tmp_path / "none") == "not there"
+    check_writable(tmp_path / "new" / "deeper")  # created later, in tmp_path: writable; nothing is left
+    assert sorted(os.listdir(tmp_path)) == ["f", "link", "pipe"]
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        check_writable(tmp_path / "f" / "sub")

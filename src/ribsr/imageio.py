@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import tempfile
 import warnings
 import zlib
@@ -27,6 +26,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from ribsr.files import part_path
 
 # The first bytes of a TIFF file: little- and big-endian, classic and BigTIFF.
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -630,7 +631,7 @@ def write_image(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    tmp = part_path(path)  # .{name}.{pid}-{random}.part: files.remove_stale_parts tells a killed writer's
     # "x" (O_EXCL): never reuse someone else's file; created 0o666 less the umask, as any new file.
     # Opened by name so that writers which want the file's name (tifffile) get it.
     f = open(tmp, "xb")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -432,3 +433,88 @@ def test_an_input_that_is_not_a_regular_file_says_what_it_is(tmp_path, model, ca
     err = capsys.readouterr().err
     assert f"{target}: " in err and what in err and "no such file" not in err
     assert files_under(tmp_path / "out") == ["a_x2.png"]
+
+
+# ---------------------------------------------------------------------- output folder and interruptions
+@pytest.fixture
+def read_only_folder(tmp_path) -> Path:
+    """A folder no file can be created in: a mode 0555 folder, or (for root, whom modes do not stop) one to be
+    created in /sys, which is read-only for everyone."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        yield folder
+    else:
+        (folder / "probe").unlink()
+        candidate = Path("/sys/ribsr-test-output")
+        try:
+            (Path("/sys") / "ribsr-probe").touch()
+        except OSError:
+            yield candidate
+        else:
+            pytest.skip("no read-only folder to test with")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_read_only_output_folder_is_found_before_any_image_is_upscaled(tmp_path, model, monkeypatch, capsys,
+                                                                          read_only_folder):
+    from ribsr.inference import Upscaler
+
+    calls = []
+    monkeypatch.setattr(Upscaler, "upscale_file", lambda self, *a, **k: calls.append(a) or [])
+    for i in range(3):
+        make_png(tmp_path / "in" / f"{i}.png", seed=i)
+    rc = main(["upscale", str(tmp_path / "in"), "-o", str(read_only_folder), "--model", model])
+    assert rc == 2 and calls == []
+    err = capsys.readouterr().err
+    assert f"cannot write into {read_only_folder}" in err, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_remove_the_part_file(tmp_path, model, monkeypatch, capsys, sig):
+    """A signal while an output is written: its .part file is removed and the exit status is 128 + the signal."""
+    import ribsr.imageio
+
+    received = []
+    previous = signal.signal(sig, lambda signum, frame: received.append(signum))  # what runs without the fix
+    encode = ribsr.imageio._encode
+
+    def encode_then_signal(img, fmt, f, *args):
+        f.write(b"half an image")
+        f.flush()
+        signal.raise_signal(sig)
+        return encode(img, fmt, f, *args)
+
+    monkeypatch.setattr(ribsr.imageio, "_encode", encode_then_signal)
+    make_png(tmp_path / "a.png")
+    try:
+        rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", model])
+        handler_after = signal.getsignal(sig)
+    finally:
+        restored = signal.signal(sig, previous)
+    assert rc == 128 + sig and received == []
+    assert f"terminated by {signal.Signals(sig).name}" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == []  # no .part file, no output
+    assert handler_after is restored  # the handler the command found is back
+
+
+def test_part_files_a_killed_run_left_are_removed_by_the_next(tmp_path, model, capsys):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])  # noqa: S607
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".a_x2.png.{dead.pid}-0123abcd.part"  # what a SIGKILL while writing a_x2.png leaves
+    running = out / f".a_x2.png.{os.getpid()}-0123abcd.part"  # a running writer's
+    unrelated = out / f".b_x2.png.{dead.pid}-0123abcd.part"  # not an output of this run
+    for path in (stale, running, unrelated):
+        path.write_bytes(b"half")
+    make_png(tmp_path / "a.png")
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(out), "--model", model]) == 0
+    assert f"note: removed {stale}" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == sorted([running.name, unrelated.name, "a_x2.png"])

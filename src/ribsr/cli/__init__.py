@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ribsr.allocator import tune_cpu_allocator
 from ribsr.cli import bench, convert, evaluate, export, export_onnx, info, train, upscale, verify
+from ribsr.files import Terminated, terminate_as_exception
 
 # Plain list: adding a command means importing its module and listing it here.
 COMMANDS = [upscale, evaluate, train, export, export_onnx, verify, convert, info, bench]
@@ -38,10 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     tune_cpu_allocator()  # reuse freed tensor memory instead of fresh zero-filled pages (ribsr.allocator)
     try:
-        return int(args.func(args) or 0)
+        # SIGTERM/SIGHUP raise Terminated, so that temporary files (.part, .tmp) are removed on the way out
+        with terminate_as_exception(replace_handlers=True):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"ribsr {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except (ValueError, FileNotFoundError, OSError) as exc:
         # Library errors carry the bad value in their message; show it without a traceback.
         if args.verbose:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ribsr.cli.argtypes import positive
-from ribsr.files import not_a_file
+from ribsr.files import check_writable, not_a_file, remove_stale_parts
 from ribsr.imageio import FORMATS, IMAGE_SUFFIXES
 
 # Output format for ``--format same``, from the input's file name suffix (others: PNG).
@@ -27,7 +27,8 @@ EPILOG = """\
 Outputs are written to OUTPUT/{stem}{suffix}.png (with --format same: the input's format and
 extension; GIF and other formats become PNG). Folders given with --recursive keep their sub-folder
 structure under OUTPUT. Existing outputs are skipped unless --overwrite is given; every image is
-written to a temporary file first and renamed into place.
+written to a temporary file first and renamed into place (SIGTERM or SIGHUP removes it; those a killed
+run left are removed by the next run); an output folder that cannot be written is refused before any image.
 
 --tile auto (default) picks the largest tile that fits --max-memory (default: what is free now),
 or no tiling when the whole image fits; --tile 0 disables tiling; on an out-of-memory error the
@@ -214,6 +215,20 @@ def check_output_folder(out_dir: Path) -> None:
             return
 
 
+def prepare_output_folders(dests: list[Path]) -> list[Path]:
+    """Before any image is upscaled: raise OSError naming the first folder of ``dests`` (output files) that no
+    file can be created in (:func:`ribsr.files.check_writable`), and remove the temporary files of these
+    outputs that a killed run left there (:func:`ribsr.files.remove_stale_parts`); returns those removed."""
+    folders: dict[Path, list[str]] = {}
+    for dest in dests:
+        folders.setdefault(dest.parent, []).append(dest.name)
+    removed: list[Path] = []
+    for folder, names in folders.items():
+        check_writable(folder)
+        removed += remove_stale_parts(folder, names)
+    return removed
+
+
 _DEFAULT_SUFFIX = re.compile(r"_x\d+$")  # what --suffix defaults to: _x{scale}
 
 
@@ -341,6 +356,8 @@ def run(args: argparse.Namespace) -> int:
             skipped += 1
             continue
         pending.append((job, dest, pil_format))
+    for stale in prepare_output_folders([dest for _, dest, _ in pending]):
+        _err(f"note: removed {stale}, a temporary file left by an interrupted run")
 
     done, megapixels = 0, 0.0
     t1 = time.perf_counter()

@@ -506,6 +506,8 @@ def test_dtype_may_be_named(tmp_path):
     for bad in ("float33", "int8", torch.int64, 3):
         with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype or its name"):
             load_model(path, dtype=bad)
+    with pytest.raises(ValueError, match="unknown device 'foo'"):  # ribsr evaluate --device foo: a traceback
+        load_model(path, device="foo")
 
 
 def test_save_model_to_a_full_disk_is_an_os_error(tmp_path, monkeypatch):

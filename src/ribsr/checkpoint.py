@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ribsr.assets import DEFAULT_MODEL, default_model_path
 from ribsr.build import ConfigSpec, build_model, build_sst, resolve_config
 from ribsr.config import PRESETS, SSTConfig, preset, preset_name
+from ribsr.devices import resolve_device
 from ribsr.files import atomic_write, disk_space_hint, not_a_file
 from ribsr.hub import fetch, is_url, redact
 from ribsr.model import SST
@@ -445,6 +446,7 @@ def load_model(
     given, is checked (see :func:`ribsr.hub.fetch`).
     """
     dtype = _weights_dtype(dtype)
+    device = resolve_device(device)  # a bad name is a ValueError before anything is read
     if str(path) == DEFAULT_MODEL and not Path(path).exists():
         path = default_model_path(scale or 2)
     origin, path = path, fetch(path, sha256=sha256, progress=progress)

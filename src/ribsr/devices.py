@@ -13,14 +13,18 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/None: CUDA when available, else CPU; otherwise ``torch.device(device)``.
+    """``"auto"``/None: CUDA when available, else CPU; otherwise ``torch.device(device)`` (ValueError for a name
+    torch does not know, or CUDA asked for where there is none).
 
     ``"auto"`` means the same everywhere (the CLI and :class:`ribsr.Upscaler`): the fastest device this
     machine has. Pass a device to keep a model where it is.
     """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:  # torch's message lists its every device type
+        raise ValueError(f"unknown device {str(device)!r}: use auto, cpu, cuda or cuda:N ({exc})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
     return dev

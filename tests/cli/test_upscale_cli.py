@@ -270,11 +270,23 @@ def test_options_reach_the_upscaler(tmp_path, model, monkeypatch):
     assert os.listdir(tmp_path / "o") == ["a_x2.png"]
 
 
-@pytest.mark.parametrize("bad", [["--tile", "-1"], ["--tile", "big"], ["--max-memory", "0"]])
+@pytest.mark.parametrize("bad", [["--tile", "-1"], ["--tile", "big"], ["--max-memory", "0"], ["--tile-overlap", "-1"],
+                                 ["--scale", "0"], ["--scale", "-2"]])
 def test_bad_options_are_rejected(bad, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["upscale", "x.png", *bad])
     assert exc.value.code == 2
+    if bad[0] in ("--tile-overlap", "--scale"):  # were taken: a traceback from deep inside, or a bad message
+        assert f"argument {bad[0]}: must be {'>=' if bad[0] == '--tile-overlap' else '>'} 0, got '{bad[1]}'" in \
+            capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:x"])
+def test_an_unknown_device_is_a_clear_error(tmp_path, model, capsys, device):
+    make_png(tmp_path / "a.png")
+    rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", model, "--device", device])
+    assert rc == 2
+    assert f"unknown device {device!r}: use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
 def test_sample_with_the_bundled_model(tmp_path, capsys):

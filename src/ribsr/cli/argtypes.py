@@ -6,17 +6,27 @@ import argparse
 from collections.abc import Callable
 
 
-def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    """A parser of values of ``kind`` (int or float) that must be > 0."""
+def _at_least(kind: type[int] | type[float], low: float, strict: bool) -> Callable[[str], int | float]:
     what = "a whole number" if kind is int else "a number"
+    bound = f"> {low:g}" if strict else f">= {low:g}"
 
     def parse(value: str) -> int | float:
         try:
             v = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+        if not (v > low if strict else v >= low):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value!r}")
         return v
 
     return parse
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """A parser of values of ``kind`` (int or float) that must be > 0."""
+    return _at_least(kind, 0, strict=True)
+
+
+def non_negative(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """A parser of values of ``kind`` (int or float) that must be >= 0."""
+    return _at_least(kind, 0, strict=False)

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ribsr.cli.argtypes import positive
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark the attention paths or a whole network (time and peak memory)")
@@ -46,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     _common(m)
     m.add_argument("preset", help="preset name (light, base+, large+, ...)")
-    m.add_argument("--scale", type=int, default=2)
+    m.add_argument("--scale", type=positive(int), default=2)
     m.add_argument("--lr-size", default="128x128", help="input size HxW (default 128x128)")
     m.add_argument("--attn-type", nargs="+", default=["RIB"], help="positional schemes to compare (RIB RPB ...)")
     m.add_argument("--attention", default="auto", help="attention path (auto, concat, bias, reference, naive)")

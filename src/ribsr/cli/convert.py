@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ribsr.cli.argtypes import positive
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="the paper's .pth file (or one of ours): a path or an http(s) URL")
     p.add_argument("dst", type=Path, help="output .safetensors path")
     p.add_argument("--config", required=True, help="preset name (light, base+, ...) or the paper's YAML file")
-    p.add_argument("--scale", type=int, default=None, help="scale of the preset (default: the checkpoint's)")
+    p.add_argument("--scale", type=positive(int), default=None, help="scale of the preset (default: the checkpoint's)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument("--sha256", default=None, metavar="HEX",
                    help="expected SHA-256 of SRC, checked before use (for a URL, before it enters the cache)")

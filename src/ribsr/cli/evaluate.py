@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ribsr.cli.argtypes import non_negative, positive
+
 BICUBIC = "bicubic"
 
 EPILOG = """\
@@ -39,12 +41,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="preset name or YAML for checkpoints that carry no configuration")
     p.add_argument("--data", metavar="DIR", nargs="+", required=True, type=Path,
                    help="one or more dataset folders (e.g. .../Set5 .../Set14)")
-    p.add_argument("--scale", type=int, default=None,
+    p.add_argument("--scale", type=positive(int), default=None,
                    help="upscaling factor: must be the model's (default: the model's; required for bicubic)")
     p.add_argument("--resize-upsampler", action="store_true",
                    help="load weights of another scale by resizing their upsampler to --scale (for fine-tuning/"
                    "experiments: the resized upsampler is untrained)")
-    p.add_argument("--crop-border", type=int, default=None, metavar="N",
+    p.add_argument("--crop-border", type=non_negative(int), default=None, metavar="N",
                    help="pixels cropped from each side before measuring (default: the scale)")
     channel = p.add_mutually_exclusive_group()
     channel.add_argument("--y-channel", dest="y_channel", action="store_true", default=True,
@@ -53,7 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          help="measure on all RGB channels")
     p.add_argument("--self-ensemble", action="store_true",
                    help="average the model over 8 flips/rotations (x8 slower)")
-    p.add_argument("--tile", type=int, default=None, metavar="N",
+    p.add_argument("--tile", type=non_negative(int), default=None, metavar="N",
                    help="run the model on overlapping N x N tiles (default: whole images)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")

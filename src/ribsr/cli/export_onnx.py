@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ribsr.cli.argtypes import positive
+
 EPILOG = """\
 The graph takes a (B, 3, H, W) batch in [0, 1] of any size and returns (B, 3, s*H, s*W); padding to
 whole windows happens inside it. The positional terms are stored as constants. Without
@@ -28,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--config", default=None,
                    help="network configuration (preset name or YAML/JSON) for checkpoints without one")
-    p.add_argument("--scale", type=int, default=None,
+    p.add_argument("--scale", type=positive(int), default=None,
                    help="upscaling factor: must be the checkpoint's (without it: the checkpoint's; for "
                    "'default': the bundled model of this scale)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import positive
+from ribsr.cli.argtypes import non_negative, positive
 from ribsr.files import check_writable, not_a_file, remove_stale_parts
 from ribsr.imageio import FORMATS, IMAGE_SUFFIXES
 
@@ -95,7 +95,7 @@ def add_parser(subparsers: Any) -> None:
                    help="expected SHA-256 of the model file (for a URL: checked before it enters the cache)")
     p.add_argument("--config", default=None,
                    help="network configuration (preset name or YAML/JSON) for checkpoints without one")
-    p.add_argument("--scale", type=int, default=None,
+    p.add_argument("--scale", type=positive(int), default=None,
                    help="upscaling factor: must be the model's (default: the model's; without --model, the "
                    "bundled model of this scale)")
     p.add_argument("--resize-upsampler", action="store_true",
@@ -103,7 +103,7 @@ def add_parser(subparsers: Any) -> None:
                    "experiments: the resized upsampler is untrained)")
     p.add_argument("--tile", type=_tile, default="auto", metavar="N",
                    help="tile side in input pixels, 0 for no tiling, or auto (default)")
-    p.add_argument("--tile-overlap", type=int, default=None, metavar="P",
+    p.add_argument("--tile-overlap", type=non_negative(int), default=None, metavar="P",
                    help="minimum tile overlap in input pixels (default: the model's largest window)")
     p.add_argument("--batch-size", type=positive(int), default=None,
                    help="tiles per forward pass (default: as many as fit the memory budget, at most 8)")

@@ -98,7 +98,10 @@ def test_shipped_paper_recipes_parse(path: Path) -> None:
     assert options_from_dict(opts.raw) == opts
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs" / "local").glob("*.yml")), ids=lambda p: p.name)
+BICUBIC_RECIPES = sorted(p for p in (REPO / "configs" / "local").glob("*.yml") if "_real_" not in p.name)
+
+
+@pytest.mark.parametrize("path", BICUBIC_RECIPES, ids=lambda p: p.name)
 def test_shipped_cpu_recipes_parse_and_find_their_data(path: Path) -> None:
     opts = load_options(path)
     scale = int(path.stem[-1])
@@ -111,6 +114,23 @@ def test_shipped_cpu_recipes_parse_and_find_their_data(path: Path) -> None:
         assert opts.missing_files() == []
     if scale != 2:  # fine-tuned from the bundled x2 model
         assert opts.path.pretrain_network_g == REPO / "src" / "ribsr" / "assets" / "ribsr-default-x2.safetensors"
+
+
+def test_shipped_real_world_recipe_parses_and_finds_its_data() -> None:
+    """The real-world x4 recipe: fine-tuned from the bundled bicubic x4 model on degraded T91+BSD200 crops."""
+    path = REPO / "configs" / "local" / "finetune_SST_small_real_x4.yml"
+    opts = load_options(path)
+    assert opts.name == "SST_small_real_x4" and opts.scale == opts.network.scale == 4
+    assert opts.train_data.type == "RealESRGANDataset" and opts.train_data.gt_size == 192
+    assert opts.degradation is not None and opts.degradation.problems() == []
+    assert opts.degradation.jpeg_range == (30, 95) and opts.degradation.second_order_prob == 0.5
+    assert not opts.usm.gt_usm
+    assert [d.name for d in opts.val_data.values()] == ["Set5", "Set14_degraded"]
+    assert opts.path.pretrain_network_g == REPO / "src" / "ribsr" / "assets" / "ribsr-default-x4.safetensors"
+    assert opts.network == load_options(REPO / "configs" / "local" / "finetune_SST_small_x4.yml").network
+    if (REPO.parent / "shared" / "datasets").is_dir():
+        assert opts.missing_files() == []
+    assert options_from_dict(opts.raw, base_dir=path.parent) == opts
 
 
 def test_every_network_has_its_shipped_recipes() -> None:

@@ -11,6 +11,8 @@
   MATLAB's ``imresize``: on Set5 ``baby`` at x2 it differs by 1 on about 18% of the interior pixels (PIL's
   fixed-point weights and rounding) and by up to 5 near the border (PIL truncates and renormalises the kernel at
   the image edge instead of mirroring the image). Hence ribsr's choice.
+- :class:`RealESRGANDataset`: HR images only; the LR is made by Real-ESRGAN's second-order degradation
+  (:mod:`ribsr.degrade`), drawn from the sample's own generator.
 - :class:`GlobalBatchSampler` and :func:`build_dataloader`: the training loader.
 
 Both datasets have two modes. Validation (``gt_size=None``): item ``i`` is image ``i``, whole, HR mod-cropped to a
@@ -554,7 +556,9 @@ class DownsampleImageDataset(_SRDataset):
                  shuffle: bool = True) -> None:
         gt_store = open_store(dataroot_gt, io_backend, meta_info_file)
         super().__init__(gt_store, scale, gt_size, use_hflip, use_rot, seed, name, dataset_enlarge_ratio, shuffle)
-        log.info("%r: LR made with MATLAB-style imresize (%s backend)", self, io_backend)
+        log.info("%r: LR made with %s (%s backend)", self, self._lr_maker, io_backend)
+
+    _lr_maker = "MATLAB-style imresize"
 
     def _pair(self, gt: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """The sample tensors of an HR crop (uint8 (H, W, 3), H and W multiples of the scale): LR and HR."""
@@ -593,6 +597,8 @@ class RealESRGANDataset(DownsampleImageDataset):
     ``gt_usm``: degrade the unsharp-masked HR (:func:`ribsr.degrade.usm_sharp`), as Real-ESRGAN's ``gt_usm``, and
     add it to the sample as ``"gt_usm"`` (``"gt"`` stays the HR itself).
     """
+
+    _lr_maker = "the second-order degradation"
 
     def __init__(self, dataroot_gt: str | Path, scale: int, *, degradation: DegradationOptions | None = None,
                  gt_usm: bool = False, **kwargs: Any) -> None:

@@ -9,11 +9,17 @@ finite, step the optimizer, the learning-rate schedule and the EMA; validate the
 when SIGINT or SIGTERM arrives (after finishing the step). Only rank 0 writes logs, checkpoints and
 progress. Resuming loads everything a checkpoint holds; since every sample depends only on the seed and
 its position in the global sample order, a resumed run continues exactly where the stopped one was.
+
+With ``network_d`` (Real-ESRGAN's GAN stage) each iteration has a generator step (pixel, perceptual and
+adversarial losses, the discriminator frozen) and a discriminator step (real and fake losses), each with its own
+optimizer and schedule (the same schedule options for both, as BasicSR); the discriminator and the perceptual
+loss's VGG run in float32. A ``perceptual_opt`` without ``network_d`` adds the perceptual loss to the pixel loss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +27,8 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +49,20 @@ from ribsr.degrade import DegradationOptions
 from ribsr.inference import Upscaler
 from ribsr.metrics import psnr, ssim
 from ribsr.model import SST
+from ribsr.model.discriminator import UNetDiscriminatorSN
 from ribsr.model.sst import DEFAULT_BIAS_CACHE_BYTES
 from ribsr.train import data as train_data
-from ribsr.train.options import DatasetOptions, Options, SchedulerOptions, TrainOptions
+from ribsr.train.losses import GANLoss, PerceptualLoss, VGGFeatureExtractor
+from ribsr.train.options import (
+    DatasetOptions,
+    DiscriminatorOptions,
+    GANLossOptions,
+    OptimizerOptions,
+    Options,
+    PerceptualOptions,
+    SchedulerOptions,
+    TrainOptions,
+)
 from ribsr.train.state import (
     ResumeError,
     latest_checkpoint,
@@ -138,9 +156,11 @@ def build_loss(opts: TrainOptions):
 OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 
 
-def build_optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
-    """``train.optim_g``: Adam or AdamW over the parameters that need gradients."""
-    o = opts.optim_g
+def build_optimizer(model: nn.Module, opts: TrainOptions,
+                    optim: OptimizerOptions | None = None) -> torch.optim.Optimizer:
+    """``train.optim_g`` (or ``optim``, e.g. ``train.optim_d``): Adam or AdamW over the parameters that need
+    gradients."""
+    o = optim if optim is not None else opts.optim_g
     params = [p for p in model.parameters() if p.requires_grad]
     return OPTIMIZERS[o.type](params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
@@ -202,6 +222,54 @@ def load_pretrained(model: SST, path: Path, param_key: str = "params", strict: b
         log.warning("%s: missing keys %s, unexpected keys %s", path.name, result.missing_keys[:8],
                     result.unexpected_keys[:8])
     log.info("loaded pretrained weights from %s", path)
+
+
+def build_discriminator(d: DiscriminatorOptions) -> UNetDiscriminatorSN:
+    """The discriminator of ``network_d``."""
+    return UNetDiscriminatorSN(d.num_in_ch, d.num_feat, d.skip_connection)
+
+
+def build_gan_loss(g: GANLossOptions) -> GANLoss:
+    """The adversarial loss of ``train.gan_opt``."""
+    return GANLoss(g.gan_type, g.real_label_val, g.fake_label_val, g.loss_weight)
+
+
+def build_perceptual(p: PerceptualOptions) -> PerceptualLoss:
+    """The perceptual loss of ``train.perceptual_opt``, its VGG read from ``weights``."""
+    if p.weights is None:  # the options refuse this; a hand-made PerceptualOptions may not
+        raise ValueError("train.perceptual_opt.weights is not set: the perceptual loss needs VGG weights")
+    vgg = VGGFeatureExtractor(list(p.layer_weights), p.vgg_type, p.use_input_norm, p.range_norm)
+    vgg.load_weights(p.weights)
+    return PerceptualLoss(vgg, p.layer_weights, p.perceptual_weight, p.style_weight, p.criterion)
+
+
+def load_pretrained_d(disc: nn.Module, path: Path, param_key: str = "params", strict: bool = True) -> None:
+    """Load ``path.pretrain_network_d`` into ``disc``: the ``param_key`` entry of a ``.pth`` (a bare state dict is
+    used as it is; Real-ESRGAN's spectral-norm key names are accepted), or a ``.safetensors`` state dict."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign files raise many types
+        raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    if isinstance(obj.get(param_key), Mapping):
+        obj = obj[param_key]
+    elif "params" in obj or "params_ema" in obj:
+        raise CheckpointError(f"{path}: no {param_key!r} entry (path.param_key_d); it holds {sorted(obj)}")
+    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    try:
+        result = disc.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not fit network_d ({exc})") from None
+    if not strict and (result.missing_keys or result.unexpected_keys):
+        log.warning("%s: missing keys %s, unexpected keys %s", path.name, result.missing_keys[:8],
+                    result.unexpected_keys[:8])
+    log.info("loaded pretrained discriminator weights from %s", path)
 
 
 def build_dataset(d: DatasetOptions, scale: int, seed: int, train: bool, *,
@@ -287,6 +355,20 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.loss_fn = build_loss(t)
+        self.disc: UNetDiscriminatorSN | None = None
+        self.optimizer_d: torch.optim.Optimizer | None = None
+        self.scheduler_d: lr_scheduler.LRScheduler | None = None
+        self.gan_loss: GANLoss | None = None
+        if opts.network_d is not None:
+            self.disc = build_discriminator(opts.network_d).to(self.device)
+            if opts.path.pretrain_network_d is not None:
+                load_pretrained_d(self.disc, opts.path.pretrain_network_d, opts.path.param_key_d,
+                                  opts.path.strict_load_d)
+            self.optimizer_d = build_optimizer(self.disc, t, t.optim_d)
+            self.scheduler_d = build_scheduler(self.optimizer_d, t)
+            self.gan_loss = build_gan_loss(t.gan_opt)
+        self.perceptual = None if t.perceptual_opt is None else build_perceptual(t.perceptual_opt).to(self.device)
+        self.step_log: dict[str, float] = {}  # the named losses of the last step (GAN stage, perceptual loss)
         self.iteration = 0
         self.best: dict[str, dict[str, float]] = {}
         self.skipped_steps = 0
@@ -302,6 +384,11 @@ class Trainer:
         if self.dist.enabled:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.net_d: nn.Module | None = self.disc
+        if self.disc is not None and self.dist.enabled:
+            self.net_d = DistributedDataParallel(
+                self.disc, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self._tb = None
 
@@ -330,6 +417,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._resume_discriminator(path, state)
         set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
         self.best = state.get("best", {})
@@ -337,14 +425,37 @@ class Trainer:
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
+    def _resume_discriminator(self, path: Path, state: dict[str, Any]) -> None:
+        if self.disc is None:
+            if state.get("net_d") is not None:
+                raise ResumeError(f"{path} holds a discriminator (a GAN stage) but the options give no network_d")
+            return
+        if state.get("net_d") is None:
+            raise ResumeError(f"{path} holds no discriminator but the options give network_d; to start the GAN "
+                              "stage from this run's weights, export it and set path.pretrain_network_g")
+        stored = state.get("config_d")
+        wanted = dataclasses.asdict(self.opts.network_d)
+        if stored != wanted:
+            raise ResumeError(f"{path} was trained with another discriminator ({stored}) than network_d ({wanted})")
+        self.disc.load_state_dict(state["net_d"])
+        self.optimizer_d.load_state_dict(state["optimizer_d"])
+        self.scheduler_d.load_state_dict(state["scheduler_d"])
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds (see :mod:`ribsr.train.state`)."""
         from ribsr import __version__
 
+        gan = {} if self.disc is None else {
+            "net_d": self.disc.state_dict(),
+            "optimizer_d": self.optimizer_d.state_dict(),
+            "scheduler_d": self.scheduler_d.state_dict(),
+            "config_d": dataclasses.asdict(self.opts.network_d),
+        }
         return {
             "iteration": self.iteration,
             "model": self.model.state_dict(),
+            **gan,
             "ema": None if self.ema is None else self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -358,9 +469,13 @@ class Trainer:
         }
 
     def weights_digest(self) -> str:
-        """SHA-256 of the network's weights, byte for byte (equal on every process of a sound DDP run)."""
+        """SHA-256 of the network's (and discriminator's) weights, byte for byte (equal on every process of a sound
+        DDP run)."""
         digest = hashlib.sha256()
-        for name, tensor in self.model.state_dict().items():
+        items = list(self.model.state_dict().items())
+        if self.disc is not None:
+            items += [(f"net_d.{k}", v) for k, v in self.disc.state_dict().items()]
+        for name, tensor in items:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
@@ -422,6 +537,7 @@ class Trainer:
 
             bar = tqdm(total=total, initial=self.iteration, unit="it", dynamic_ncols=True, desc=self.opts.name)
         window_loss, window_n, window_iters, window_t0 = 0.0, 0, 0, time.perf_counter()
+        window_parts: dict[str, float] = {}  # sums of the named losses (logged when there is more than the pixel one)
         self.model.train()
         with _StopSignals() as stop:
             for batch in self.batches():
@@ -431,14 +547,19 @@ class Trainer:
                 window_iters += 1
                 if finite:
                     window_loss, window_n = window_loss + loss_value, window_n + 1
+                    for k, v in self.step_log.items():
+                        window_parts[k] = window_parts.get(k, 0.0) + v
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{self.current_lr():.3g}", refresh=False)
                 if it % self.opts.logger.print_freq == 0 or it == total:
                     seconds = (time.perf_counter() - window_t0) / window_iters
                     mean = window_loss / window_n if window_n else float("nan")
-                    self._log_scalars(it, {"loss": mean, "lr": self.current_lr(), "seconds_per_iter": seconds})
+                    parts = {k: v / window_n for k, v in window_parts.items()} if len(window_parts) > 1 else {}
+                    self._log_scalars(it, {"loss": mean, **parts, "lr": self.current_lr(),
+                                           "seconds_per_iter": seconds})
                     window_loss, window_n, window_iters, window_t0 = 0.0, 0, 0, time.perf_counter()
+                    window_parts = {}
                 if self.opts.val is not None and (it % self.opts.val.val_freq == 0 or it == total):
                     self.validate()
                 if stop_now or it % self.opts.logger.save_checkpoint_freq == 0 or it == total:
@@ -453,14 +574,46 @@ class Trainer:
             self._tb.close()
         return TrainResult(self.iteration, last_saved, self.best, self.skipped_steps)
 
+    def _target(self, batch: dict[str, Any], sharpened: bool) -> torch.Tensor:
+        """The HR batch a loss compares with: the unsharp-masked HR when asked for and made, else the HR."""
+        key = "gt_usm" if sharpened and "gt_usm" in batch else "gt"
+        return batch[key].to(self.device, non_blocking=True)
+
+    def _generator_loss(self, pred: torch.Tensor, batch: dict[str, Any], adversarial: bool) -> dict[str, torch.Tensor]:
+        """The generator's named losses (pixel; perceptual/style with ``perceptual_opt``; adversarial when
+        ``adversarial``) and their sum under ``"total"``."""
+        usm = self.opts.usm
+        parts = {"l_pix": self.loss_fn(pred, self._target(batch, usm.l1_gt_usm))}
+        if self.perceptual is not None:
+            percep, style = self.perceptual(pred, self._target(batch, usm.percep_gt_usm))
+            parts.update({k: v for k, v in (("l_percep", percep), ("l_style", style)) if v is not None})
+        if adversarial:
+            # The discriminator's parameters are frozen here; its unwrapped module is used, so no DDP gradient
+            # synchronisation is expected for them.
+            parts["l_gan"] = self.gan_loss(self.disc(pred), True, is_disc=False)
+        parts["total"] = sum(parts.values())
+        return parts
+
     def step(self, batch: dict[str, Any], stop_requested: bool = False) -> tuple[float, bool, bool]:
-        """One optimisation step; returns (mean loss over processes, whether it was finite, stop now)."""
+        """One optimisation step; returns (mean generator loss over processes, whether it was finite, stop now).
+
+        With ``network_d`` the generator is updated only when ``it % net_d_iters == 0 and it > net_d_init_iters``
+        (``it`` the iteration being made; its loss is 0 otherwise), then the discriminator at every iteration.
+        """
+        t = self.opts.train
+        it = self.iteration + 1
+        update_g = self.disc is None or (it % t.net_d_iters == 0 and it > t.net_d_init_iters)
         lq = batch["lq"].to(self.device, non_blocking=True)
-        target = "gt_usm" if "gt_usm" in batch and self.opts.usm.l1_gt_usm else "gt"
-        gt = batch[target].to(self.device, non_blocking=True)
-        with self._autocast():
+        if self.disc is not None:
+            self.disc.requires_grad_(False)
+        with self._autocast(), torch.set_grad_enabled(update_g):
             pred = self.net(lq)
-        loss = self.loss_fn(pred.float(), gt)
+        pred = pred.float()
+        if update_g:
+            parts = self._generator_loss(pred, batch, adversarial=self.disc is not None)
+        else:
+            parts = {"total": pred.new_zeros(())}
+        loss = parts["total"]
         # One collective per step: the loss sum, the count of non-finite losses and the stop requests.
         stats = torch.stack([
             torch.nan_to_num(loss.detach().float(), nan=0.0, posinf=0.0, neginf=0.0),
@@ -474,24 +627,63 @@ class Trainer:
         if nonfinite:
             self.skipped_steps += 1
             self.nonfinite_streak += 1
-            log.warning("iteration %d: non-finite loss in %d process(es); step skipped", self.iteration + 1,
-                        int(nonfinite))
-            if self.nonfinite_streak >= self.opts.train.max_nonfinite_steps:
+            log.warning("iteration %d: non-finite loss in %d process(es); step skipped", it, int(nonfinite))
+            if self.nonfinite_streak >= t.max_nonfinite_steps:
                 raise TrainingError(
-                    f"{self.nonfinite_streak} non-finite losses in a row at iteration {self.iteration + 1}; "
+                    f"{self.nonfinite_streak} non-finite losses in a row at iteration {it}; "
                     f"the last good checkpoint is kept in {self.run_dir}"
                 )
             self.scheduler.step()
+            if self.scheduler_d is not None:
+                self.scheduler_d.step()
             return float("nan"), False, stops > 0
         self.nonfinite_streak = 0
-        loss.backward()
-        if self.opts.train.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opts.train.grad_clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
+        if update_g:
+            loss.backward()
+            if t.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+        else:  # the schedule counts iterations, as BasicSR's (torch warns when it steps with no optimizer step)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                self.scheduler.step()
+        log_values = {k: float(v.detach()) for k, v in parts.items() if k != "total"}
+        if self.disc is not None:
+            log_values.update(self._discriminator_step(pred.detach(), batch))
+        if self.ema is not None:  # every iteration, as BasicSR
             self.ema.update_parameters(self.model)
+        self.step_log = log_values
         return loss_sum / self.dist.world_size, True, stops > 0
+
+    def _discriminator_step(self, fake: torch.Tensor, batch: dict[str, Any]) -> dict[str, float]:
+        """One discriminator update on the HR batch (real) and the generator's output (fake); its named values.
+
+        Real and fake go through the discriminator as one batch (one forward and one backward, which DDP
+        synchronises once); BasicSR runs them one after the other, so its spectral norm makes two power
+        iterations per step where this makes one. A non-finite loss on any process skips the update everywhere.
+        """
+        self.disc.requires_grad_(True)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        real = self._target(batch, self.opts.usm.gan_gt_usm)
+        logits = self.net_d(torch.cat([real, fake]))  # (2B, 1, H, W): the real batch, then the fake one
+        real_logits, fake_logits = logits.split([real.shape[0], fake.shape[0]])
+        l_real = self.gan_loss(real_logits, True, is_disc=True)
+        l_fake = self.gan_loss(fake_logits, False, is_disc=True)
+        loss = l_real + l_fake
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.dist.enabled:
+            dist.all_reduce(bad)
+        if bad.item():
+            log.warning("iteration %d: non-finite discriminator loss; discriminator step skipped", self.iteration + 1)
+        else:
+            loss.backward()
+            if self.opts.train.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.opts.train.grad_clip_norm)
+            self.optimizer_d.step()
+        self.scheduler_d.step()
+        return {"l_d_real": float(l_real.detach()), "l_d_fake": float(l_fake.detach()),
+                "out_d_real": float(real_logits.detach().mean()), "out_d_fake": float(fake_logits.detach().mean())}
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

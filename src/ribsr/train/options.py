@@ -28,12 +28,14 @@ import yaml
 
 from ribsr.config import ConfigError, SSTConfig
 from ribsr.degrade import DegradationError, DegradationOptions
+from ribsr.train.losses import GAN_TYPES, VGG_TYPES, vgg_layer_names
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DatasetOptions", "IOBackendOptions", "LoggerOptions", "LossOptions", "MetricOptions", "OptimizerOptions",
-    "Options", "OptionsError", "PathOptions", "SchedulerOptions", "TrainOptions", "ValOptions",
+    "DatasetOptions", "DiscriminatorOptions", "GANLossOptions", "IOBackendOptions", "LoggerOptions", "LossOptions",
+    "MetricOptions", "OptimizerOptions", "Options", "OptionsError", "PathOptions", "PerceptualOptions",
+    "SchedulerOptions", "TrainOptions", "ValOptions",
     "apply_overrides", "load_options", "options_from_dict",
 ]
 
@@ -93,7 +95,7 @@ class DatasetOptions:
 
 @dataclass(frozen=True)
 class OptimizerOptions:
-    """``train.optim_g``: the optimizer of the network."""
+    """``train.optim_g`` (or ``train.optim_d``): the optimizer of the network (of the discriminator)."""
 
     type: str = _opt(choices=("Adam", "AdamW"))
     lr: float = _opt(gt=0)
@@ -141,12 +143,42 @@ class LossOptions:
 
 
 @dataclass(frozen=True)
+class GANLossOptions:
+    """``train.gan_opt``: BasicSR's ``GANLoss`` (``loss_weight`` scales the generator's loss only)."""
+
+    type: str = _opt(choices=("GANLoss",))
+    gan_type: str = _opt("vanilla", choices=GAN_TYPES)
+    real_label_val: float = 1.0
+    fake_label_val: float = 0.0
+    loss_weight: float = _opt(1.0, gt=0)
+
+
+@dataclass(frozen=True)
+class PerceptualOptions:
+    """``train.perceptual_opt``: BasicSR's ``PerceptualLoss`` on VGG features (``layer_weights`` by layer name,
+    ``conv*`` taken before their ReLU). ``weights`` (ribsr's key, required): a VGG state dict file in torchvision's
+    layout (``features.N.weight/bias``); ribsr ships none and downloads nothing."""
+
+    type: str = _opt(choices=("PerceptualLoss",))
+    layer_weights: dict[str, float] = _opt(ge=0)
+    vgg_type: str = _opt("vgg19", choices=tuple(VGG_TYPES))
+    use_input_norm: bool = True
+    range_norm: bool = False
+    perceptual_weight: float = _opt(1.0, ge=0)
+    style_weight: float = _opt(0.0, ge=0)
+    criterion: str = _opt("l1", choices=("l1", "l2", "fro"))
+    weights: Path | None = None
+
+
+@dataclass(frozen=True)
 class TrainOptions:
-    """The ``train`` block: optimizer, schedule, length, loss, EMA and the safety limits.
+    """The ``train`` block: optimizer, schedule, length, losses, EMA and the safety limits.
 
     ``warmup_iter`` -1 (or 0) means no warm-up; ``ema_decay`` 0 keeps no moving average. ``grad_clip_norm``
     (ribsr's key) clips the global gradient norm; ``max_nonfinite_steps`` (ribsr's key) non-finite losses in a
-    row stop the run.
+    row stop the run. The GAN stage (with a top-level ``network_d``) needs ``optim_d`` and ``gan_opt``; as in
+    BasicSR the generator is updated at iterations t with ``t % net_d_iters == 0`` and ``t > net_d_init_iters``
+    (the discriminator alone learns before), the discriminator at every iteration.
     """
 
     optim_g: OptimizerOptions
@@ -157,6 +189,11 @@ class TrainOptions:
     warmup_iter: int = _opt(-1, ge=-1)
     grad_clip_norm: float | None = _opt(None, gt=0)
     max_nonfinite_steps: int = _opt(5, gt=0)
+    perceptual_opt: PerceptualOptions | None = None
+    optim_d: OptimizerOptions | None = None
+    gan_opt: GANLossOptions | None = None
+    net_d_iters: int = _opt(1, gt=0)
+    net_d_init_iters: int = _opt(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -193,12 +230,25 @@ class LoggerOptions:
 
 @dataclass(frozen=True)
 class PathOptions:
-    """The ``path`` block: weights to start from, and a checkpoint to resume."""
+    """The ``path`` block: weights to start from (the network's, the discriminator's), and a checkpoint to resume."""
 
     pretrain_network_g: Path | None = None
     strict_load_g: bool = True
     param_key_g: str = "params"
     resume_state: Path | None = None
+    pretrain_network_d: Path | None = None
+    strict_load_d: bool = True
+    param_key_d: str = "params"
+
+
+@dataclass(frozen=True)
+class DiscriminatorOptions:
+    """``network_d``: Real-ESRGAN's U-Net discriminator with spectral normalization (the GAN stage)."""
+
+    type: str = _opt(choices=("UNetDiscriminatorSN",))
+    num_in_ch: int = _opt(3, gt=0)
+    num_feat: int = _opt(64, gt=0)
+    skip_connection: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,6 +283,7 @@ class Options:
     manual_seed: int = 0
     degradation: DegradationOptions | None = None
     usm: UsmOptions = UsmOptions()
+    network_d: DiscriminatorOptions | None = None
     source: Path | None = field(default=None, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -247,6 +298,7 @@ class Options:
             "scale": self.scale,
             "manual_seed": self.manual_seed,
             "network_g": self.network.to_network_g(),
+            **({} if self.network_d is None else {"network_d": _plain(self.network_d)}),
             "datasets": {"train": _plain(self.train_data), **{k: _plain(v) for k, v in self.val_data.items()}},
             "train": _plain(self.train),
         }
@@ -278,6 +330,9 @@ class Options:
             need(ds.dataroot_lq, f"datasets.{key}.dataroot_lq", False)
             need(ds.meta_info_file, f"datasets.{key}.meta_info_file", True)
         need(self.path.pretrain_network_g, "path.pretrain_network_g", True)
+        need(self.path.pretrain_network_d, "path.pretrain_network_d", True)
+        if self.train.perceptual_opt is not None:
+            need(self.train.perceptual_opt.weights, "train.perceptual_opt.weights", True)
         need(self.path.resume_state, "path.resume_state", True)
         return out
 
@@ -288,10 +343,20 @@ class Options:
             raise OptionsError(missing, self.source)
 
 
+# Keys of the GAN stage left out of the plain form while they keep their defaults (files without a GAN stage
+# read back as they were written).
+_OMIT_DEFAULT: dict[type, tuple[str, ...]] = {
+    TrainOptions: ("perceptual_opt", "optim_d", "gan_opt", "net_d_iters", "net_d_init_iters"),
+    PathOptions: ("pretrain_network_d", "strict_load_d", "param_key_d"),
+}
+
+
 def _plain(obj: Any) -> Any:
     """A dataclass, tuple, Path or dict as plain YAML-able data."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        names = [f.name for f in dataclasses.fields(obj)]
+        omit = _OMIT_DEFAULT.get(type(obj), ())
+        names = [f.name for f in dataclasses.fields(obj)
+                 if f.name not in omit or getattr(obj, f.name) != f.default]
         if isinstance(obj, SchedulerOptions):
             used = SCHEDULER_KEYS[obj.type]
             names = ["type", *(n for n in names if n in used)]
@@ -316,8 +381,8 @@ _IGNORED_IN: dict[type, frozenset[str]] = {
     PathOptions: frozenset({"experiments_root", "models", "training_states", "log", "visualization", "root",
                             "results_root"}),
 }
-_TOP_KEYS = ("name", "scale", "manual_seed", "network_g", "datasets", "train", "val", "logger", "path", "degradation",
-             "gt_size", *(f.name for f in dataclasses.fields(UsmOptions)))
+_TOP_KEYS = ("name", "scale", "manual_seed", "network_g", "network_d", "datasets", "train", "val", "logger", "path",
+             "degradation", "gt_size", *(f.name for f in dataclasses.fields(UsmOptions)))
 # Real-ESRGAN's degradation keys: the stages' at the top of its option files (or in a ``degradation`` block), the
 # kernels' in ``datasets.train``; any of them may stand in any of the three places, once.
 DEGRADATION_KEYS = frozenset(f.name for f in dataclasses.fields(DegradationOptions))
@@ -574,6 +639,24 @@ def _check_train(t: TrainOptions, path: str, ctx: _Context) -> TrainOptions:
     return t
 
 
+def _check_perceptual(p: PerceptualOptions, path: str, ctx: _Context) -> PerceptualOptions:
+    if p.weights is None:
+        ctx.problem(f"{path}.weights", "missing: the perceptual loss needs the weights of its feature network, a "
+                    f"{p.vgg_type} state dict file in torchvision's layout (features.N.weight/bias); ribsr ships none "
+                    "and downloads nothing")
+    names = vgg_layer_names(p.vgg_type)
+    if not p.layer_weights:
+        ctx.problem(f"{path}.layer_weights", "must name at least one layer (e.g. conv5_4: 1)")
+    for layer in p.layer_weights:
+        if layer not in names:
+            ctx.problem(f"{path}.layer_weights.{layer}", f"not a layer of {p.vgg_type} (its layers: "
+                        f"{', '.join(names)})")
+    if p.perceptual_weight == 0 and p.style_weight == 0:
+        ctx.problem(f"{path}.perceptual_weight", "perceptual_weight and style_weight are both 0: the loss is 0 "
+                    "(remove perceptual_opt)")
+    return p
+
+
 def _check_val(v: ValOptions, path: str, ctx: _Context) -> ValOptions:
     if not v.metrics:
         ctx.problem(f"{path}.metrics", "must name at least one metric (e.g. psnr: {type: calculate_psnr})")
@@ -585,6 +668,7 @@ _CHECKS: dict[type, Any] = {
     SchedulerOptions: _check_scheduler,
     TrainOptions: _check_train,
     ValOptions: _check_val,
+    PerceptualOptions: _check_perceptual,
 }
 
 
@@ -661,6 +745,9 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
     degradation, usm = _build_degradation(data, train_data, scale, ctx)
 
     train = top("train", TrainOptions)
+    network_d = None if data.get("network_d") is None else _build(DiscriminatorOptions, data["network_d"], "network_d",
+                                                                   ctx)
+    _check_gan(data, network_d, train_data, ctx)
     val = None if data.get("val") is None else _build(ValOptions, data["val"], "val", ctx)
     if val is not None and not val_data:
         ctx.problem("val", "validation is set up but datasets has no val_* dataset")
@@ -674,36 +761,45 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
         return None
     return Options(name=name, scale=scale, network=network, train_data=train_data, val_data=val_data, train=train,
                    val=val, logger=logger, path=paths, manual_seed=manual_seed, degradation=degradation, usm=usm,
-                   source=source)
+                   network_d=network_d, source=source)
+
+
+def _check_gan(data: Mapping[str, Any], network_d: Any, train_data: Any, ctx: _Context) -> None:
+    """The GAN stage's keys go together: ``network_d`` needs ``train.optim_d`` and ``train.gan_opt``, and those (and
+    ``path.pretrain_network_d``, ``train.net_d_*``) need ``network_d``. Read from the file's own blocks, so these
+    problems are reported along with those inside the blocks."""
+    train = data.get("train") if isinstance(data.get("train"), Mapping) else {}
+    paths = data.get("path") if isinstance(data.get("path"), Mapping) else {}
+    if data.get("network_d") is not None:
+        for key, what in (("optim_d", "the discriminator's optimizer"), ("gan_opt", "the adversarial loss")):
+            if train.get(key) is None:
+                ctx.problem(f"train.{key}", f"missing ({what}; network_d is given)")
+        if network_d is not _BAD and network_d is not None and network_d.num_in_ch != 3:
+            ctx.problem("network_d.num_in_ch", f"must be 3 (the network's RGB output), got {network_d.num_in_ch}")
+        if train_data is not _BAD and train_data.gt_size is not None and train_data.gt_size % 8:
+            ctx.problem("datasets.train.gt_size", f"must be a multiple of 8 for network_d (its U-Net halves the "
+                        f"crop three times), got {train_data.gt_size}")
+        return
+    given = [f"train.{k}" for k in ("optim_d", "gan_opt", "net_d_iters", "net_d_init_iters")
+             if train.get(k) is not None]
+    given += ["path.pretrain_network_d"] if paths.get("pretrain_network_d") is not None else []
+    for key in given:
+        ctx.problem(key, "needs network_d (the discriminator of the GAN stage)")
 
 
 def _build_degradation(data: Mapping[str, Any], train_data: Any, scale: Any,
                        ctx: _Context) -> tuple[DegradationOptions | None, UsmOptions]:
     """The degradation of a ``RealESRGANDataset`` run, gathered from the top level, the ``degradation`` block and
     ``datasets.train``, and its USM options; None without such a dataset (then no degradation key may be given)."""
-    values: dict[str, Any] = {}
-    where: dict[str, str] = {}
+    from ribsr.degrade import gather_degradation_keys
+
     usm_values: dict[str, Any] = {k: data[k] for k in ("gt_usm", "l1_gt_usm", "percep_gt_usm", "gan_gt_usm")
                                   if k in data}
-
-    def take(block: Mapping[str, Any], prefix: str) -> None:
-        for key, value in block.items():
-            if key not in DEGRADATION_KEYS:
-                continue
-            if key in values:
-                ctx.problem(f"{prefix}{key}", f"given twice (also as {where[key]})")
-            values[key], where[key] = value, f"{prefix}{key}"
-
-    take(data, "")
+    values, where, gathered = gather_degradation_keys(data)  # top level, degradation block, datasets.train
+    ctx.problems.extend(gathered)
     block = data.get("degradation")
     if block is not None:
-        if not isinstance(block, Mapping):
-            ctx.problem("degradation", f"must be a mapping, got {block!r}")
-        else:
-            take(block, "degradation.")
-            for key in block:
-                if key not in DEGRADATION_KEYS and key not in _DEGRADATION_BLOCK_EXTRA:
-                    ctx.problem(f"degradation.{key}", "unknown degradation key")
+        if isinstance(block, Mapping):
             if "sf" in block and block["sf"] != scale:
                 ctx.problem("degradation.sf", f"must equal scale ({scale}), got {block['sf']!r}")
             if "gt_size" in block and train_data is not _BAD and block["gt_size"] != train_data.gt_size:
@@ -713,9 +809,6 @@ def _build_degradation(data: Mapping[str, Any], train_data: Any, scale: Any,
                 ctx.problem("degradation.resize_back", "resizing the LR back to the HR size is not supported")
             if "use_sharp" in block:
                 usm_values.setdefault("gt_usm", block["use_sharp"])
-    train_block = data.get("datasets", {}).get("train") if isinstance(data.get("datasets"), Mapping) else None
-    if isinstance(train_block, Mapping):
-        take(train_block, "datasets.train.")
     for key, value in list(usm_values.items()):
         if not isinstance(value, bool):
             ctx.problem("degradation.use_sharp" if key == "gt_usm" and "gt_usm" not in data else key,

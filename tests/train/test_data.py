@@ -381,3 +381,58 @@ def test_validation_items_say_whether_the_file_is_grayscale(datasets_dir, backen
     assert torch.equal(man[0], man[1]) and torch.equal(man[1], man[2])
     down = DownsampleImageDataset(datasets_dir / "Set14" / "HR", 2, io_backend=backend)
     assert [down[i]["gray"] for i in range(len(down))] == [items[k]["gray"] for k in down.keys]
+
+
+# ---------------------------------------------------------------------- RealESRGANDataset
+def _generated_hr(folder: Path, n: int = 3, size: int = 80) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    for i in range(n):
+        small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+        save(folder / f"p{i}.png", np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC)))
+    return folder
+
+
+def test_real_esrgan_dataset_samples_depend_only_on_seed_and_index(tmp_path):
+    from ribsr.degrade import DegradationOptions
+    from ribsr.train.data import RealESRGANDataset
+
+    root = _generated_hr(tmp_path / "hr")
+    opts = DegradationOptions(blur_kernel_size=9, blur_kernel_size2=9)
+
+    def make(seed=3, **kw):
+        return RealESRGANDataset(root, 4, degradation=opts, gt_size=32, use_hflip=True, use_rot=True, seed=seed,
+                                 **kw)
+
+    a, b = make(), make(io_backend="memory")
+    order = [5, 1, 9, 1, 0]
+    first = {g: a[g] for g in order}
+    assert first[5]["lq"].shape == (3, 8, 8) and first[5]["gt"].shape == (3, 32, 32)
+    assert all(same(first[g], b[g]) for g in reversed(order))
+    assert not all(same(first[g], make(seed=4)[g]) for g in order)
+    # the LR is the degradation's, not the bicubic downscale of the crop
+    assert any(not np.array_equal(u8(first[g]["lq"]), imresize(u8(first[g]["gt"]), 1 / 4)) for g in order)
+    # workers and ranks see the same samples
+    whole = list(build_dataloader(a, 4, total_iter=2))
+    workers = list(build_dataloader(make(), 4, total_iter=2, num_workers=2))
+    ranks = [list(build_dataloader(make(), 2, rank=r, world_size=2, total_iter=2)) for r in (0, 1)]
+    for t in range(2):
+        assert torch.equal(workers[t]["lq"], whole[t]["lq"])
+        assert torch.equal(torch.cat([ranks[0][t]["lq"], ranks[1][t]["lq"]]), whole[t]["lq"])
+
+
+def test_real_esrgan_dataset_gt_usm_and_validation_items(tmp_path):
+    from ribsr.degrade import DegradationOptions, usm_sharp
+    from ribsr.train.data import RealESRGANDataset
+
+    root = _generated_hr(tmp_path / "hr", n=2, size=44)
+    opts = DegradationOptions(blur_kernel_size=9, blur_kernel_size2=9)
+    train = RealESRGANDataset(root, 2, degradation=opts, gt_size=16, seed=1, gt_usm=True)
+    item = train[0]
+    assert {"gt", "gt_usm", "lq"} <= item.keys()
+    hr = item["gt"].permute(1, 2, 0).numpy()
+    assert np.allclose(item["gt_usm"].permute(1, 2, 0).numpy(), usm_sharp(hr), atol=1e-6)
+    val = RealESRGANDataset(root, 3, degradation=opts, seed=1)  # whole images, HR mod-cropped to 42
+    v0, again = val[0], RealESRGANDataset(root, 3, degradation=opts, seed=1)[0]
+    assert v0["gt"].shape == (3, 42, 42) and v0["lq"].shape == (3, 14, 14)
+    assert torch.equal(v0["lq"], again["lq"])

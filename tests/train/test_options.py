@@ -537,3 +537,54 @@ def test_an_option_file_without_network_g_names_the_file(tmp_path: Path, network
     with pytest.raises(OptionsError) as info:
         load_options(path)
     assert str(path) in str(info.value) and "network_g: missing" in str(info.value)
+
+
+# ---------------------------------------------------------------------- Real-ESRGAN / SSTReal option files
+REAL_STYLE = HERE / "options" / "train_SSTReal_style_x4.yml"
+
+
+def test_real_esrgan_style_file_needs_feature_weights_and_nothing_else() -> None:
+    with pytest.raises(OptionsError) as info:
+        load_options(REAL_STYLE)
+    assert info.value.problems == [p for p in info.value.problems if p.startswith("train.perceptual_opt.weights:")]
+    assert len(info.value.problems) == 1
+
+
+def test_real_esrgan_style_file_reads_its_degradation_gan_and_usm_keys() -> None:
+    opts = load_options(REAL_STYLE, ["train.perceptual_opt.weights=vgg19.pth"])
+    d = opts.degradation
+    # the stages' keys from the top level, the kernels' from datasets.train
+    assert d.resize_prob == (0.2, 0.7, 0.1) and d.noise_range == (1, 30) and d.poisson_scale_range == (0.05, 3)
+    assert d.second_blur_prob == 0.8 and d.resize_range2 == (0.3, 1.2) and d.jpeg_range2 == (30, 95)
+    assert d.blur_sigma == (0.2, 3) and d.blur_sigma2 == (0.2, 1.5) and d.final_sinc_prob == 0.8
+    assert d.kernel_list[0] == "iso" and d.blur_kernel_size == 21
+    assert opts.train_data.type == "RealESRGANDataset" and opts.train_data.gt_size == 256
+    assert opts.train_data.meta_info_file == REAL_STYLE.parent / "datasets/DF2K/meta_info/meta_info_DF2Kmultiscale+OST_sub.txt"
+    assert (opts.usm.l1_gt_usm, opts.usm.percep_gt_usm, opts.usm.gan_gt_usm) == (True, True, False)
+    assert opts.network_d.num_feat == 64 and opts.network_d.skip_connection
+    assert opts.train.gan_opt.gan_type == "vanilla" and opts.train.gan_opt.loss_weight == 0.1
+    assert opts.train.optim_d.lr == 1e-4 and opts.train.net_d_iters == 1
+    p = opts.train.perceptual_opt
+    assert p.layer_weights == {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1, "conv4_4": 1, "conv5_4": 1}
+    assert p.weights == REAL_STYLE.parent / "vgg19.pth"
+    assert opts.path.param_key_g == "params_ema"
+    # the resolved options read back as they are
+    assert options_from_dict(opts.to_dict(), base_dir=REAL_STYLE.parent) == opts
+
+
+def test_degradation_problems_carry_their_key_paths() -> None:
+    data = yaml.safe_load(REAL_STYLE.read_text(encoding="utf-8"))
+    data["train"]["perceptual_opt"]["weights"] = "vgg19.pth"
+    data["noise_range"] = [30, 1]  # reversed
+    data["datasets"]["train"]["kernel_prob"] = [0.5, 0.5]  # 6 kernels
+    data["jpeg_range2"] = [30, 120]
+    data["datasets"]["train"]["resize_prob"] = [0.2, 0.7, 0.1]  # given twice
+    data["datasets"]["train"]["final_sinc_prob"] = 2
+    problems = problems_of(data, base_dir=REAL_STYLE.parent)
+    text = "\n".join(problems)
+    assert "noise_range: the low end exceeds the high end, got (30, 1)" in text
+    assert "datasets.train.kernel_prob: needs one weight per kernel_list entry (6), got 2" in text
+    assert "jpeg_range2: must be <= 100" in text
+    assert "datasets.train.resize_prob: given twice (also as resize_prob)" in text
+    assert "datasets.train.final_sinc_prob: must be <= 1" in text
+    assert len(problems) == 5, text

@@ -522,3 +522,57 @@ def test_save_model_to_a_full_disk_is_an_os_error(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"cannot write .*m\.safetensors: .*No space left on device.* MiB free"):
         save_model(build_model(dict(TINY), scale=2), tmp_path / "m.safetensors")
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------- blending (--denoise)
+def _two_models():
+    torch.manual_seed(0)
+    a = build_model("light", **TINY).eval()
+    torch.manual_seed(1)
+    b = build_model("light", **TINY).eval()
+    return a, b
+
+
+def test_blend_is_exact_at_the_ends_and_linear_between():
+    from ribsr.checkpoint import blend_models
+
+    a, b = _two_models()
+    sa, sb = a.state_dict(), b.state_dict()
+    for strength, want in ((0, sa), (0.0, sa), (1, sb), (1.0, sb)):
+        got = blend_models(a, b, strength).state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    mid = blend_models(a, b, 0.25).state_dict()
+    for k in sa:
+        assert torch.allclose(mid[k], 0.75 * sa[k] + 0.25 * sb[k], atol=1e-6), k
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(blend_models(a, b, 1)(x), b(x))
+    # the inputs are left as they were
+    assert all(torch.equal(a.state_dict()[k], sa[k]) for k in sa)
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.5, float("nan"), "0.5", True])
+def test_blend_strength_must_be_from_0_to_1(strength):
+    from ribsr.checkpoint import blend_models
+
+    a, b = _two_models()
+    with pytest.raises(ValueError, match="strength must be a number from 0 to 1"):
+        blend_models(a, b, strength)
+
+
+def test_blend_refuses_different_networks():
+    from ribsr.checkpoint import CheckpointError, blend_models
+
+    a, _ = _two_models()
+    other = build_model("light", **{**TINY, "dim": 12}).eval()
+    with pytest.raises(CheckpointError, match="cannot blend models of different networks"):
+        blend_models(a, other, 0.5)
+
+
+def test_denoise_applies_to_the_bundled_pair_only(tmp_path):
+    from ribsr.checkpoint import resolve_model
+
+    with pytest.raises(ValueError, match="does not apply to model 'x.safetensors'"):
+        resolve_model("x.safetensors", denoise=0.5)
+    with pytest.raises(ValueError, match="with a config"):
+        resolve_model("real", config="light", denoise=0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ribsr.assets import DEFAULT_MODEL, default_model_path
+from ribsr.assets import BUNDLED_MODELS, DEFAULT_MODEL, REAL_MODEL, bundled_model_path
 from ribsr.build import ConfigSpec, build_model, build_sst, resolve_config
 from ribsr.config import PRESETS, SSTConfig, preset, preset_name
 from ribsr.devices import resolve_device
@@ -431,10 +432,10 @@ def load_model(
 ) -> SST:
     """An eval-mode SST with the weights of a checkpoint.
 
-    ``path`` ``"default"`` (when no such file exists) is the bundled model of ``scale`` (default 2),
-    trained with ``ribsr train`` (docs/models.md). ``config`` is a preset name, a ``network_g`` dict,
-    the path of a YAML file, or an :class:`SSTConfig`; it may be omitted for our ``.safetensors`` files
-    (they carry theirs).
+    ``path`` ``"default"`` or ``"real"`` (when no such file exists) is the bundled bicubic or real-world model of
+    ``scale`` (default: x2 where it ships, else its only scale), trained with ``ribsr train`` (docs/models.md).
+    ``config`` is a preset name, a ``network_g`` dict, the path of a YAML file, or an :class:`SSTConfig`; it may
+    be omitted for our ``.safetensors`` files (they carry theirs).
     ``scale`` (default: the config's, else the weights') must equal the scale of the weights (stored in our
     files, told by the upsampler's shape in others) and the scale the config states (YAML ``upscaling_factor``/
     ``scale``, an ``SSTConfig``; preset names state none): a mismatch is a :class:`CheckpointError`.
@@ -447,8 +448,8 @@ def load_model(
     """
     dtype = _weights_dtype(dtype)
     device = resolve_device(device)  # a bad name is a ValueError before anything is read
-    if str(path) == DEFAULT_MODEL and not Path(path).exists():
-        path = default_model_path(scale or 2)
+    if str(path) in BUNDLED_MODELS and not Path(path).exists():
+        path = bundled_model_path(str(path), scale)
     origin, path = path, fetch(path, sha256=sha256, progress=progress)
     state, stored = _read_local(path, origin)
     cfg, state = _at_scale(path, state, stored, config, scale, resize_upsampler)
@@ -508,11 +509,50 @@ def resolve_model(
     sha256: str | None = None,
     progress: bool = True,
     resize_upsampler: bool = False,
+    denoise: float | None = None,
 ) -> SST:
-    """The model a ``--model`` option names: a checkpoint path or URL, or None (or ``"default"``) for the
-    bundled model of ``scale`` (default 2)."""
+    """The model a ``--model`` option names: a checkpoint path or URL, ``"real"`` for the bundled real-world
+    model, or None (or ``"default"``) for the bundled bicubic model, of ``scale``.
+
+    ``denoise`` (0..1, with ``spec`` None or ``"real"``): the bundled bicubic and real-world models of ``scale``
+    blended by :func:`blend_models` (0: the bicubic model, 1: the real-world one; Real-ESRGAN's ``-dn``).
+    """
+    if denoise is not None:
+        if spec not in (None, REAL_MODEL) or config is not None or sha256 is not None or resize_upsampler:
+            raise ValueError(f"denoise blends the bundled default and real models; it does not apply to model "
+                             f"{spec!r}" + (" with a config, a SHA-256 or a resized upsampler" if spec in
+                                            (None, REAL_MODEL) else ""))
+        path = bundled_model_path(REAL_MODEL, scale)
+        real = load_model(path, attention=attention)
+        base = load_model(DEFAULT_MODEL, scale=real.config.scale, attention=attention)
+        return blend_models(base, real, denoise).to(device=resolve_device(device), dtype=_weights_dtype(dtype))
     return load_model(spec or DEFAULT_MODEL, config=config, device=device, dtype=dtype, attention=attention,
                       scale=scale, sha256=sha256, progress=progress, resize_upsampler=resize_upsampler)
+
+
+def blend_models(base: SST, other: SST, strength: float) -> SST:
+    """A new eval-mode SST with ``base``'s config and the weights ``(1 - strength) * base + strength * other``
+    (deep network interpolation, as Real-ESRGAN's ``-dn``): exactly ``base``'s at 0 and ``other``'s at 1.
+
+    Both models must have the same config; ``strength`` must be in [0, 1]. Blending is done in float32 and the
+    result has ``base``'s dtype and device.
+    """
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number from 0 to 1, got {strength!r}")
+    if base.config != other.config:
+        raise CheckpointError(f"cannot blend models of different networks: {base.config.to_json()} and "
+                              f"{other.config.to_json()}")
+    a, b = base.state_dict(), other.state_dict()
+    if strength == 0:
+        state = {k: v.clone() for k, v in a.items()}
+    elif strength == 1:
+        state = {k: b[k].to(dtype=v.dtype, device=v.device).clone() for k, v in a.items()}
+    else:
+        state = {k: torch.lerp(v.float(), b[k].to(device=v.device).float(), float(strength)).to(v.dtype)
+                 if v.is_floating_point() else v.clone() for k, v in a.items()}
+    model = copy.deepcopy(base)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def describe(model: SST) -> str:

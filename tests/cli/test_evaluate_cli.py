@@ -102,9 +102,10 @@ def test_a_checkpoint_is_evaluated_at_its_own_scale(dataset, tmp_path, tiny_chec
     assert row["scale"] == 2 and row["images"] == 1 and row["failed"] == []  # the checkpoint's own scale
     # without --model: the bundled model of --scale, through the same loader
     asked = []
-    monkeypatch.setattr("ribsr.checkpoint.default_model_path", lambda scale: asked.append(scale) or tiny_checkpoint)
+    monkeypatch.setattr("ribsr.checkpoint.bundled_model_path",
+                        lambda name, scale: asked.append((name, scale)) or tiny_checkpoint)
     rc = main(["evaluate", "--data", str(dataset), "--scale", "2", "--json", str(out_json)])
-    assert rc == 0 and asked == [2]
+    assert rc == 0 and asked == [("default", 2)]
     assert json.loads(out_json.read_text())["results"][0]["scale"] == 2
 
 

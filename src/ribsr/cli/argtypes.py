@@ -30,3 +30,14 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 def non_negative(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     """A parser of values of ``kind`` (int or float) that must be >= 0."""
     return _at_least(kind, 0, strict=False)
+
+
+def unit_interval(value: str) -> float:
+    """A number from 0 to 1 (``--denoise``)."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value!r}") from None
+    if not 0 <= v <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {value!r}")
+    return v

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import non_negative, positive
+from ribsr.cli.argtypes import non_negative, positive, unit_interval
 from ribsr.files import check_writable, not_a_file, remove_stale_parts
 from ribsr.imageio import FORMATS, IMAGE_SUFFIXES
 
@@ -89,8 +89,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("-o", "--output", default="results", metavar="OUT",
                    help="output folder (default: %(default)s)")
     p.add_argument("--model", default=None,
-                   help="checkpoint path or http(s) URL, downloaded once into the torch.hub cache, or an "
-                   ".onnx file from ribsr export-onnx (default: the bundled default model)")
+                   help="checkpoint path or http(s) URL, downloaded once into the torch.hub cache, an "
+                   ".onnx file from ribsr export-onnx, or a bundled model: 'default' (bicubic-trained, x2/x3/x4; "
+                   "the default) or 'real' (for downscaled, compressed photos: blur, noise and JPEG; x4)")
+    p.add_argument("--denoise", type=unit_interval, default=None, metavar="S",
+                   help="blend the bundled default (0) and real (1) models' weights: how much blur, noise and "
+                   "JPEG removal (Real-ESRGAN's -dn); implies --model real")
     p.add_argument("--sha256", default=None, metavar="HEX",
                    help="expected SHA-256 of the model file (for a URL: checked before it enters the cache)")
     p.add_argument("--config", default=None,
@@ -276,11 +280,15 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
     from ribsr.onnx import OnnxModel, is_onnx_path
 
     if is_onnx_path(args.model):  # run by onnxruntime; the file's metadata gives scale and alignment
+        if getattr(args, "denoise", None) is not None:
+            raise ValueError(f"--denoise blends the bundled default and real models; it does not apply to "
+                             f"{args.model}")
         if args.config is not None:
             raise ValueError(f"--config does not apply to {args.model}: an ONNX file carries its network")
         return OnnxModel(fetch(args.model, sha256=args.sha256, progress=not getattr(args, "quiet", False)))
     return resolve_model(args.model, config=args.config, scale=args.scale, device=device, sha256=args.sha256,
-                         progress=not getattr(args, "quiet", False), resize_upsampler=args.resize_upsampler)
+                         progress=not getattr(args, "quiet", False), resize_upsampler=args.resize_upsampler,
+                         denoise=getattr(args, "denoise", None))
 
 
 def too_large(exc: Any, scale: int, limit: int) -> str:

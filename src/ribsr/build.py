@@ -101,15 +101,14 @@ def config_from_mapping(data: Mapping[str, Any], source: str | None = None) -> S
 
 
 def _read_mapping(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
+    if not path.is_file() and not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
-    import yaml
+    from ribsr.safeyaml import YAMLFileError, read_yaml
 
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)  # JSON is YAML too
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    try:
+        data = read_yaml(path, "config file")  # JSON is YAML too; bounded in size and in alias expansion
+    except YAMLFileError as exc:
+        raise ConfigError([exc.detail], str(path)) from None
     if not isinstance(data, Mapping):
         raise ConfigError([f"the file does not hold a mapping (got {type(data).__name__})"], str(path))
     return data

@@ -362,9 +362,9 @@ def _declared_scale(spec: ConfigSpec) -> int | None:
     elif preset_name(str(spec)) is not None:
         return None
     else:
-        import yaml
+        from ribsr.safeyaml import read_yaml
 
-        data = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))  # resolve_config has checked the file
+        data = read_yaml(spec, "config file")  # resolve_config has checked the file
     block = data["network_g"] if isinstance(data.get("network_g"), Mapping) else data
     for value in (block.get("upscaling_factor"), block.get("scale"), data.get("scale")):
         if isinstance(value, int) and not isinstance(value, bool):

@@ -28,6 +28,7 @@ import yaml
 
 from ribsr.config import ConfigError, SSTConfig
 from ribsr.degrade import DegradationError, DegradationOptions
+from ribsr.safeyaml import BoundedLoader, YAMLFileError, load_yaml_text, problem, read_text
 from ribsr.train.losses import GAN_TYPES, VGG_TYPES, vgg_layer_names
 
 log = logging.getLogger(__name__)
@@ -854,8 +855,8 @@ def _apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> tuple
             continue
         parts = [p.strip() for p in parts]
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+            value = load_yaml_text(text)  # bounded, as the file is
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             problems.append(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})")
             continue
         node = result
@@ -911,8 +912,9 @@ def options_from_dict(data: Mapping[str, Any], *, source: str | Path | None = No
     return _from_data(data, src, Path(os.path.abspath(base_dir)), overrides)
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader that records duplicate keys (PyYAML keeps the last one silently)."""
+class _Loader(BoundedLoader):
+    """PyYAML's safe loader, bounded (:class:`~ribsr.safeyaml.BoundedLoader`), that records duplicate keys
+    (PyYAML keeps the last one silently)."""
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
@@ -943,14 +945,18 @@ def load_options(path: str | Path, overrides: Sequence[str] = ()) -> Options:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OptionsError([f"cannot read the file ({exc})"], path) from None
-    loader = _Loader(text)
+        text = read_text(path, "option file")  # bounded in size; binary files named
+    except YAMLFileError as exc:
+        raise OptionsError([exc.detail], path) from None
+    except FileNotFoundError:
+        raise OptionsError(["cannot read the file (it does not exist)"], path) from None
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # bounded: an alias bomb is refused before any value is built
         data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise OptionsError([f"not valid YAML: {exc}"], path) from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise OptionsError([problem(exc, "option file") or str(exc)], path) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return _from_data(data, path, Path(os.path.abspath(path.parent)), overrides, loader.duplicates)

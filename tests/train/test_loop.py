@@ -1,4 +1,5 @@
-"""The training loop on real images: loss goes down, resume is exact, stop signals save, DDP equals one process."""
+"""The training loop on images generated here (and on the real sets where they are present): loss goes down, resume
+is exact, stop signals save, DDP equals one process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -25,6 +27,39 @@ TINY_NET = dict(
     type="SST", dim=16, window_sizes=[4, 8], num_heads=[2, 2], ranks=[4, 4], n_blocks=1, exp_ratio=2,
     rib_hidden_dim=8, rib_n_freqs=4, upscaling_factor=2, upsampler_type="pixelshuffle_direct", gate_type="DWC",
 )
+
+
+def _write_generated_sets(root: Path) -> Path:
+    """A small stand-in for ``../shared/datasets``: T91 (12 smooth random 96x96 RGB images), Set5 and Set14 (HR
+    and ``LR_bicubic/X2`` made with ``ribsr.imresize``; Set14 holds a grayscale file, as the real one does)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+
+    def image(size: tuple[int, int]) -> np.ndarray:
+        small = rng.integers(0, 256, (size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
+        return np.asarray(Image.fromarray(small).resize((size[1], size[0]), Image.BICUBIC))
+
+    (root / "T91").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(image((96, 96))).save(root / "T91" / f"t{i:02d}.png")
+    for name, sizes in (("Set5", [(40, 48), (44, 44)]), ("Set14", [(36, 52), (48, 40)])):
+        (root / name / "HR").mkdir(parents=True)
+        (root / name / "LR_bicubic" / "X2").mkdir(parents=True)
+        for i, size in enumerate(sizes):
+            hr = image(size)
+            if name == "Set14" and i == 1:
+                hr = hr[:, :, 0]  # stored as grayscale
+            Image.fromarray(hr).save(root / name / "HR" / f"img{i}.png")
+            lr = ribsr.imresize(hr, 1 / 2)
+            Image.fromarray(lr).save(root / name / "LR_bicubic" / "X2" / f"img{i}x2.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Generated images laid out as ``../shared/datasets`` (so these tests run without the shared data)."""
+    return _write_generated_sets(tmp_path_factory.mktemp("datasets"))
 
 
 def tiny_options(datasets_dir: Path, **train_overrides) -> dict:
@@ -93,11 +128,11 @@ def test_small_recipe_lowers_the_loss_on_real_images(datasets_dir, tmp_path, one
     assert last < 0.7 * first, (first, last)
 
 
-def test_resume_from_total_iter_is_bit_identical(datasets_dir, tmp_path, one_thread):
-    full = train(tiny_options(datasets_dir, total_iter=12), tmp_path / "full")
-    train(tiny_options(datasets_dir, total_iter=6), tmp_path / "split")
+def test_resume_from_total_iter_is_bit_identical(data_dir, tmp_path, one_thread):
+    full = train(tiny_options(data_dir, total_iter=12), tmp_path / "full")
+    train(tiny_options(data_dir, total_iter=6), tmp_path / "split")
     assert [i for i, _ in list_checkpoints(tmp_path / "split")] == [4, 6]
-    resumed = train(tiny_options(datasets_dir, total_iter=12), tmp_path / "split", resume="auto")
+    resumed = train(tiny_options(data_dir, total_iter=12), tmp_path / "split", resume="auto")
     assert resumed.iteration == 12
     assert states_equal(full.model.state_dict(), resumed.model.state_dict())
     assert states_equal(full.ema.state_dict(), resumed.ema.state_dict())
@@ -112,8 +147,8 @@ def _cli(*args: str, cwd: Path, env_extra: dict | None = None, **kw) -> subproce
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_sigterm_saves_and_resume_is_bit_identical(datasets_dir, tmp_path, one_thread):
-    opts = tiny_options(datasets_dir, total_iter=400)
+def test_sigterm_saves_and_resume_is_bit_identical(data_dir, tmp_path, one_thread):
+    opts = tiny_options(data_dir, total_iter=400)
     opts["logger"]["save_checkpoint_freq"] = 1000
     opts_path = tmp_path / "opts.yml"
     opts_path.write_text(yaml.safe_dump(opts))
@@ -133,15 +168,15 @@ def test_sigterm_saves_and_resume_is_bit_identical(datasets_dir, tmp_path, one_t
     assert "--resume auto" in err
 
     n = stopped_at + 3
-    resumed = train(tiny_options(datasets_dir, total_iter=n), run_dir, resume="auto")
-    full = train(tiny_options(datasets_dir, total_iter=n), tmp_path / "full")
+    resumed = train(tiny_options(data_dir, total_iter=n), run_dir, resume="auto")
+    full = train(tiny_options(data_dir, total_iter=n), tmp_path / "full")
     assert resumed.iteration == full.iteration == n
     assert states_equal(full.model.state_dict(), resumed.model.state_dict())
     assert states_equal(full.ema.state_dict(), resumed.ema.state_dict())
 
 
-def test_torchrun_two_processes_equal_one_process(datasets_dir, tmp_path):
-    opts = tiny_options(datasets_dir, total_iter=6)
+def test_torchrun_two_processes_equal_one_process(data_dir, tmp_path):
+    opts = tiny_options(data_dir, total_iter=6)
     opts["datasets"]["train"]["batch_size_per_gpu"] = 2
     one = dict(opts, datasets={**opts["datasets"], "train": {**opts["datasets"]["train"], "batch_size_per_gpu": 4}})
     (tmp_path / "two.yml").write_text(yaml.safe_dump(opts))
@@ -163,9 +198,9 @@ def test_torchrun_two_processes_equal_one_process(datasets_dir, tmp_path):
     assert worst <= 1e-4, worst
 
 
-def test_nonfinite_losses_skip_then_stop_keeping_the_last_checkpoint(datasets_dir, tmp_path, one_thread,
+def test_nonfinite_losses_skip_then_stop_keeping_the_last_checkpoint(data_dir, tmp_path, one_thread,
                                                                      monkeypatch):
-    opts = tiny_options(datasets_dir, total_iter=12, max_nonfinite_steps=3)
+    opts = tiny_options(data_dir, total_iter=12, max_nonfinite_steps=3)
     trainer = Trainer(options_from_dict(opts), tmp_path / "run", progress=False)
     real_loss = trainer.loss_fn
 
@@ -180,11 +215,11 @@ def test_nonfinite_losses_skip_then_stop_keeping_the_last_checkpoint(datasets_di
     assert "step skipped" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_resume_auto_skips_a_corrupt_newest_checkpoint(datasets_dir, tmp_path, one_thread, caplog):
-    train(tiny_options(datasets_dir, total_iter=8), tmp_path / "run")
+def test_resume_auto_skips_a_corrupt_newest_checkpoint(data_dir, tmp_path, one_thread, caplog):
+    train(tiny_options(data_dir, total_iter=8), tmp_path / "run")
     (_, older), (_, newest) = list_checkpoints(tmp_path / "run")[-2:]
     newest.write_bytes(newest.read_bytes()[:1000])  # a write cut short
-    trainer = Trainer(options_from_dict(tiny_options(datasets_dir, total_iter=8)), tmp_path / "run",
+    trainer = Trainer(options_from_dict(tiny_options(data_dir, total_iter=8)), tmp_path / "run",
                       resume="auto", progress=False)
     assert trainer.iteration == 4
     assert "cannot be resumed" in caplog.text and newest.name in caplog.text
@@ -207,8 +242,24 @@ def test_validation_reports_psnr_of_the_ema_weights(datasets_dir, tmp_path, one_
         assert trainer.best[f"{name}/ssim"]["value"] == pytest.approx(expected["ssim"], abs=1e-6)
 
 
-def test_learning_rate_follows_warmup_then_milestones(datasets_dir):
-    opts = options_from_dict(tiny_options(datasets_dir, total_iter=20, warmup_iter=4,
+def test_validation_on_generated_sets_equals_evaluate(data_dir, tmp_path, one_thread):
+    """As the test above, on the generated sets (RGB and a grayscale file), so it always runs."""
+    opts = with_validation(tiny_options(data_dir, total_iter=2), data_dir, val_freq=2)
+    opts["datasets"]["val_2"] = dict(opts["datasets"]["val_1"], name="Set14",
+                                     dataroot_gt=str(data_dir / "Set14" / "HR"),
+                                     dataroot_lq=str(data_dir / "Set14" / "LR_bicubic" / "X2"))
+    trainer = train(opts, tmp_path / "run")
+    from ribsr.evaluate import evaluate_dataset, model_upscaler
+
+    model = trainer.ema.module.eval()
+    for name in ("Set5", "Set14"):
+        expected = evaluate_dataset(model_upscaler(model), data_dir / name, 2)
+        assert trainer.best[f"{name}/psnr"]["value"] == pytest.approx(expected["psnr"], abs=1e-6)
+        assert trainer.best[f"{name}/ssim"]["value"] == pytest.approx(expected["ssim"], abs=1e-6)
+
+
+def test_learning_rate_follows_warmup_then_milestones(data_dir):
+    opts = options_from_dict(tiny_options(data_dir, total_iter=20, warmup_iter=4,
                                           scheduler={"type": "MultiStepLR", "milestones": [8, 12], "gamma": 0.5}))
     model = torch.nn.Linear(1, 1)
     optimizer = build_optimizer(model, opts.train)
@@ -223,8 +274,8 @@ def test_learning_rate_follows_warmup_then_milestones(datasets_dir):
     assert lrs == pytest.approx(expected, rel=1e-12)
 
 
-def test_export_writes_ema_safetensors_and_paper_pth(datasets_dir, tmp_path, one_thread):
-    trainer = train(tiny_options(datasets_dir, total_iter=4), tmp_path / "run")
+def test_export_writes_ema_safetensors_and_paper_pth(data_dir, tmp_path, one_thread):
+    trainer = train(tiny_options(data_dir, total_iter=4), tmp_path / "run")
     st, pth = export_run(tmp_path / "run")
     assert st == tmp_path / "run" / "export" / "tiny_x2.safetensors"
     model = ribsr.load_model(st)
@@ -238,10 +289,10 @@ def test_export_writes_ema_safetensors_and_paper_pth(datasets_dir, tmp_path, one
         export_run(tmp_path / "run")
 
 
-def test_finetuning_x3_from_x2_resizes_the_upsampler(datasets_dir, tmp_path, one_thread):
-    train(tiny_options(datasets_dir, total_iter=4), tmp_path / "x2")
+def test_finetuning_x3_from_x2_resizes_the_upsampler(data_dir, tmp_path, one_thread):
+    train(tiny_options(data_dir, total_iter=4), tmp_path / "x2")
     _, pth = export_run(tmp_path / "x2")
-    opts = tiny_options(datasets_dir, total_iter=2)
+    opts = tiny_options(data_dir, total_iter=2)
     opts.update(scale=3, name="tiny_x3")
     opts["network_g"]["upscaling_factor"] = 3
     opts["datasets"]["train"]["gt_size"] = 48
@@ -252,12 +303,12 @@ def test_finetuning_x3_from_x2_resizes_the_upsampler(datasets_dir, tmp_path, one
     assert trainer.model.state_dict()["upsampler.up_conv.weight"].shape[0] == 27
 
 
-def test_pretrained_weights_by_param_key(datasets_dir, tmp_path, one_thread):
-    train(tiny_options(datasets_dir, total_iter=4), tmp_path / "x2")
+def test_pretrained_weights_by_param_key(data_dir, tmp_path, one_thread):
+    train(tiny_options(data_dir, total_iter=4), tmp_path / "x2")
     _, pth = export_run(tmp_path / "x2")
     saved = torch.load(pth, weights_only=True)
     for key in ("params", "params_ema"):
-        opts = tiny_options(datasets_dir)
+        opts = tiny_options(data_dir)
         opts["path"] = {"pretrain_network_g": str(pth), "param_key_g": key}
         trainer = Trainer(options_from_dict(opts), tmp_path / key, progress=False)
         assert states_equal(trainer.model.state_dict(), saved[key])
@@ -267,10 +318,10 @@ def test_pretrained_weights_by_param_key(datasets_dir, tmp_path, one_thread):
 
 
 @pytest.mark.cuda
-def test_cuda_training_with_bfloat16_autocast(datasets_dir, tmp_path):
+def test_cuda_training_with_bfloat16_autocast(data_dir, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    opts = with_validation(tiny_options(datasets_dir, total_iter=6), datasets_dir, val_freq=6)
+    opts = with_validation(tiny_options(data_dir, total_iter=6), data_dir, val_freq=6)
     trainer = Trainer(options_from_dict(opts), tmp_path / "run", dist_info=Distributed(device=torch.device("cuda")),
                       progress=False)
     trainer.fit()
@@ -280,10 +331,10 @@ def test_cuda_training_with_bfloat16_autocast(datasets_dir, tmp_path):
     assert next(trainer.model.parameters()).dtype == torch.float32  # autocast, not a bfloat16 model
 
 
-def test_cli_threads_sets_the_cpu_threads_and_rejects_non_positive(datasets_dir, tmp_path, capsys):
+def test_cli_threads_sets_the_cpu_threads_and_rejects_non_positive(data_dir, tmp_path, capsys):
     from ribsr.cli import main
 
-    opts = tiny_options(datasets_dir, total_iter=1)
+    opts = tiny_options(data_dir, total_iter=1)
     opts_path = tmp_path / "opts.yml"
     opts_path.write_text(yaml.safe_dump(opts))
     before = torch.get_num_threads()

@@ -16,7 +16,8 @@ import torch
 from ribsr.build import build_sst
 from ribsr.checkpoint import save_model
 from ribsr.config import SSTConfig
-from ribsr.train.state import ResumeError, latest_checkpoint, load_checkpoint, save_atomic
+from ribsr.files import atomic_write
+from ribsr.train.state import ResumeError, latest_checkpoint, load_checkpoint, write_torch
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,17 @@ def export_run(run: str | Path, output: str | Path | None = None, weights: str =
     model = build_sst(config)
     model.load_state_dict(chosen)
     iteration = int(state["iteration"])
-    save_model(model, out, metadata={
-        "source": str(path.name), "run": name, "iteration": str(iteration),
-        "weights": "ema" if chosen is ema else "raw",
-    })
     paper: dict[str, Any] = {"params": {k: v.contiguous() for k, v in raw.items()}}
     if ema is not None:
         paper["params_ema"] = {k: v.contiguous() for k, v in ema.items()}
-    save_atomic(paper, pth)
+    # Both files or neither: the .pth goes to a temporary file first, renamed only once the .safetensors (itself
+    # written atomically) is in place; a failed write (a full disk) leaves the existing files as they were.
+    with atomic_write(pth) as pth_tmp:
+        write_torch(paper, pth_tmp, pth)
+        save_model(model, out, metadata={
+            "source": str(path.name), "run": name, "iteration": str(iteration),
+            "weights": "ema" if chosen is ema else "raw",
+        })
     kind = "ema" if chosen is ema else "raw"
     log.info("exported iteration %d of %s (%s weights) to %s and %s", iteration, name, kind, out, pth)
     return out, pth

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ribsr.files import atomic_write
+from ribsr.files import atomic_write, disk_space_hint
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,36 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# What torch.save's C++ writer says when a write failed (a full disk): it names no file and no errno.
+_TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter")
+
+
+def write_torch(obj: Any, tmp: Path, path: str | Path) -> None:
+    """``torch.save`` of ``obj`` into the file ``tmp``, flushed and fsynced; ``path`` is the file it will become,
+    for messages. A failed write (a full disk: an OSError naming no file, or torch's RuntimeError from its
+    writer) is an OSError naming ``path`` and the free space."""
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}{disk_space_hint(path)}") from None
+    except RuntimeError as exc:
+        if not any(mark in str(exc) for mark in _TORCH_WRITE_FAILED):
+            raise
+        raise OSError(f"cannot write {path}: torch.save failed, most likely the disk is full ({exc})"
+                      f"{disk_space_hint(path)}") from None
+
+
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temporary file in the same folder, fsynced, then renamed."""
+    """``torch.save`` to ``path`` through a temporary file in the same folder, fsynced, then renamed; a failed
+    write leaves ``path`` as it was and is an OSError naming it (:func:`write_torch`)."""
     path = Path(path)
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    with atomic_write(path) as tmp:
+        write_torch(obj, tmp, path)
     _fsync_dir(path.parent)
     return path
 

@@ -33,21 +33,26 @@ Where this differs from Real-ESRGAN's GPU batch implementation (``RealESRGANMode
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
+import yaml
 from PIL import Image
 from scipy import fft, special
 
 from ribsr.imresize import imresize
 
 __all__ = [
+    "DEGRADATION_BLOCK_EXTRA",
+    "DEGRADATION_KEYS",
     "KERNEL_TYPES",
     "PRESETS",
     "RESIZE_MODES",
@@ -57,9 +62,16 @@ __all__ = [
     "DegradationOptions",
     "SecondOrderDegradation",
     "circular_lowpass_kernel",
+    "degradation_from_option_file",
+    "degrade_image",
+    "describe",
+    "gather_degradation_keys",
+    "image_rng",
     "jpeg",
+    "load_degradation_options",
     "mixed_kernel",
     "preset",
+    "to_jsonable",
     "usm_sharp",
 ]
 
@@ -145,31 +157,33 @@ class DegradationOptions:
     def problems(self) -> list[str]:
         """Every problem of these options, one line each naming the key (empty when they are valid)."""
         out: list[str] = []
+        malformed: set[str] = set()  # fields the cross-field checks below must not read
         for f in fields(self):
             value = getattr(self, f.name)
             bad = _check_field(value, isinstance(f.default, tuple), f.metadata)
             if bad:
                 out.append(f"{f.name}: {bad}, got {value!r}")
+                malformed.add(f.name)
             elif f.metadata.get("n") == 2 and value[0] > value[1]:  # every pair is a (low, high) range
                 out.append(f"{f.name}: the low end exceeds the high end, got {value!r}")
             elif f.name.startswith("resize_range") and not value[0] <= 1 <= value[1]:
                 out.append(f"{f.name}: must be (low, high) with low <= 1 <= high (down: low..1, up: 1..high), "
                            f"got {value!r}")
-        if out:
-            return out  # the checks below assume well-formed fields
-        for suffix in ("", "2"):
+        for suffix in ("", "2"):  # cross-field checks, on the well-formed fields only
             size = getattr(self, f"blur_kernel_size{suffix}")
-            if size % 2 == 0:
+            if f"blur_kernel_size{suffix}" not in malformed and size % 2 == 0:
                 out.append(f"blur_kernel_size{suffix}: must be odd, got {size}")
             kinds, weights = getattr(self, f"kernel_list{suffix}"), getattr(self, f"kernel_prob{suffix}")
-            if not kinds:
+            if f"kernel_list{suffix}" in malformed or f"kernel_prob{suffix}" in malformed:
+                pass
+            elif not kinds:
                 out.append(f"kernel_list{suffix}: must name at least one kernel type")
             elif len(kinds) != len(weights):
                 out.append(f"kernel_prob{suffix}: needs one weight per kernel_list{suffix} entry ({len(kinds)}), "
                            f"got {len(weights)}")
             elif sum(weights) <= 0:
                 out.append(f"kernel_prob{suffix}: the weights must not all be zero, got {weights!r}")
-            if sum(getattr(self, f"resize_prob{suffix}")) <= 0:
+            if f"resize_prob{suffix}" not in malformed and sum(getattr(self, f"resize_prob{suffix}")) <= 0:
                 out.append(f"resize_prob{suffix}: the up/down/keep weights must not all be zero")
         return out
 
@@ -580,3 +594,189 @@ def preset(name: str, scale: int) -> Degradation:
         return BicubicDegradation(scale, int(m.group(1)))
     raise DegradationError(f"unknown degradation preset {name!r}; choose one of {', '.join(PRESETS)} "
                            "or jpeg<Q> with Q from 1 to 100")
+
+
+# ------------------------------------------------------------------------------------------------- option files
+# Every key of :class:`DegradationOptions`, as Real-ESRGAN's option files name them.
+DEGRADATION_KEYS = frozenset(f.name for f in fields(DegradationOptions))
+# Keys of a ``degradation`` block as other Real-ESRGAN-style code writes it, besides DEGRADATION_KEYS.
+DEGRADATION_BLOCK_EXTRA = ("sf", "gt_size", "use_sharp", "resize_back")
+
+
+def gather_degradation_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The degradation keys of a training option file (Real-ESRGAN's or ribsr's), where each was found, and the
+    problems found gathering them.
+
+    Real-ESRGAN writes the stages' keys at the top level and the kernels' in ``datasets.train``; ribsr also reads
+    a ``degradation`` block. Any key may stand in any of the three places, once. Returns ``(values, where,
+    problems)``: ``where`` maps each key to its key path (``degradation.jpeg_range``); the problems, each starting
+    with a key path, are a key given twice, a ``degradation`` that is not a mapping and an unknown key in it.
+    """
+    values: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    problems: list[str] = []
+
+    def take(block: Mapping[str, Any], prefix: str) -> None:
+        for key, value in block.items():
+            if key not in DEGRADATION_KEYS:
+                continue
+            if key in values:
+                problems.append(f"{prefix}{key}: given twice (also as {where[key]})")
+            values[key], where[key] = value, f"{prefix}{key}"
+
+    take(data, "")
+    block = data.get("degradation")
+    if block is not None:
+        if not isinstance(block, Mapping):
+            problems.append(f"degradation: must be a mapping, got {block!r}")
+        else:
+            take(block, "degradation.")
+            problems += [f"degradation.{key}: unknown degradation key" for key in block
+                         if key not in DEGRADATION_KEYS and key not in DEGRADATION_BLOCK_EXTRA]
+    datasets = data.get("datasets")
+    train_block = datasets.get("train") if isinstance(datasets, Mapping) else None
+    if isinstance(train_block, Mapping):
+        take(train_block, "datasets.train.")
+    return values, where, problems
+
+
+def _options_at(values: Mapping[str, Any], where: Mapping[str, str]) -> tuple[DegradationOptions | None, list[str]]:
+    """:meth:`DegradationOptions.from_mapping` of ``values``, its problems naming each key by its path."""
+    try:
+        return DegradationOptions.from_mapping(dict(values)), []
+    except DegradationError as exc:
+        out = []
+        for problem in exc.problems:
+            key, _, message = problem.partition(": ")
+            out.append(f"{where.get(key, key)}: {message}")
+        return None, out
+
+
+def degradation_from_option_file(data: Mapping[str, Any], scale: int | None = None) -> DegradationOptions:
+    """The degradation a training option file (Real-ESRGAN's or ribsr's, as a mapping) trains with.
+
+    Keys are gathered as :func:`gather_degradation_keys` does; the rest of the file is not read, except that
+    a file that trains on bicubic pairs (``datasets.train.type`` not ``RealESRGANDataset``, and no degradation
+    key) is refused. With ``scale``, a ``degradation.sf`` must equal it. Raises :class:`DegradationError` listing
+    every problem, each with its key path.
+    """
+    if not isinstance(data, Mapping):
+        raise DegradationError(f"an option file must be a mapping, got {type(data).__name__}")
+    values, where, problems = gather_degradation_keys(data)
+    block = data.get("degradation")
+    if isinstance(block, Mapping):
+        if scale is not None and "sf" in block and block["sf"] != scale:
+            problems.append(f"degradation.sf: must equal the scale ({scale}), got {block['sf']!r}")
+        if block.get("resize_back"):
+            problems.append("degradation.resize_back: resizing the LR back to the HR size is not supported")
+    if not values and block is None:
+        datasets = data.get("datasets")
+        train = datasets.get("train") if isinstance(datasets, Mapping) else None
+        kind = train.get("type") if isinstance(train, Mapping) else None
+        if kind != "RealESRGANDataset":
+            problems.append(f"datasets.train.type: the file names no degradation (no degradation key, and "
+                            f"datasets.train.type is {kind!r}, not 'RealESRGANDataset')")
+    options, bad = _options_at(values, where)
+    problems += bad
+    if problems or options is None:
+        raise DegradationError(problems)
+    return options
+
+
+def _is_option_file(data: Mapping[str, Any]) -> bool:
+    return "datasets" in data or "degradation" in data
+
+
+def load_degradation_options(path: str | Path, scale: int | None = None) -> DegradationOptions:
+    """The degradation options of a YAML or JSON file: a training option file (one with a ``datasets`` or
+    ``degradation`` key: :func:`degradation_from_option_file`), else a plain mapping of degradation keys.
+
+    Raises FileNotFoundError for a missing file and :class:`DegradationError` naming the file and listing every
+    problem (with its key path) for anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if not path.exists():
+            raise FileNotFoundError(f"degradation options file not found: {path}")
+        raise DegradationError(f"{path}: not a regular file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DegradationError(f"{path}: cannot read the file ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise DegradationError(f"{path}: not valid YAML or JSON: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise DegradationError(f"{path}: must hold a mapping of degradation keys or a training option file, "
+                               f"got {type(data).__name__}")
+    try:
+        if _is_option_file(data):
+            return degradation_from_option_file(data, scale)
+        return DegradationOptions.from_mapping(data)
+    except DegradationError as exc:
+        raise DegradationError([f"{path}: {p}" for p in exc.problems]) from None
+
+
+# ------------------------------------------------------------------------------------------------- test sets
+def image_rng(seed: int, name: str) -> np.random.Generator:
+    """The generator that degrades the image ``name`` of a test set made with ``seed``.
+
+    It depends on the two only (a stable hash of the name, not its position), so adding, removing or reordering
+    other images never changes an image's LR.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DegradationError(f"seed must be a non-negative integer, got {seed!r}")
+    key = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), key]))
+
+
+def degrade_image(degradation: Degradation, hr: np.ndarray,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(HR, LR, record)`` of a uint8 image: the HR mod-cropped (top left) to a multiple of the scale, its LR of
+    exactly a scale-th of its size, and what was drawn.
+
+    A grayscale HR, (H, W) or (H, W, 1), is degraded as RGB with three equal channels and its LR is the channel
+    mean, (h, w): the pair keeps the HR's channels, as the benchmark sets' LR files do.
+    """
+    if not isinstance(hr, np.ndarray) or hr.dtype != np.uint8 or hr.ndim not in (2, 3) or (
+            hr.ndim == 3 and hr.shape[2] not in (1, 3)):
+        raise DegradationError(f"the HR image must be uint8 (H, W), (H, W, 1) or (H, W, 3), got "
+                               f"{getattr(hr, 'dtype', type(hr).__name__)} {getattr(hr, 'shape', '')}")
+    s = degradation.scale
+    if hr.ndim == 3 and hr.shape[2] == 1:
+        hr = hr[:, :, 0]
+    h, w = hr.shape[:2]
+    if h < s or w < s:
+        raise DegradationError(f"a {w}x{h} (WxH) image is smaller than the scale {s}")
+    hr = np.ascontiguousarray(hr[: h - h % s, : w - w % s])
+    gray = hr.ndim == 2
+    rgb = np.repeat(hr[:, :, None], 3, axis=2) if gray else hr
+    lr, record = degradation(rgb, rng)
+    if gray:
+        lr = np.clip(np.rint(lr.astype(np.float32).mean(axis=2)), 0, 255).astype(np.uint8)
+    if lr.shape[:2] != (hr.shape[0] // s, hr.shape[1] // s):
+        raise DegradationError(f"the degradation made a {lr.shape[1]}x{lr.shape[0]} LR of a "
+                               f"{hr.shape[1]}x{hr.shape[0]} HR at x{s}")
+    return hr, lr, to_jsonable(record)
+
+
+def describe(degradation: Degradation) -> tuple[str, dict[str, Any]]:
+    """``(kind, parameters)`` of a degradation, JSON-ready: ``("second_order", DegradationOptions.to_dict())`` or
+    ``("bicubic", {"resize": "matlab_bicubic", "jpeg": quality or None})``."""
+    if isinstance(degradation, SecondOrderDegradation):
+        return "second_order", degradation.options.to_dict()
+    if isinstance(degradation, BicubicDegradation):
+        return "bicubic", {"resize": "matlab_bicubic", "jpeg": degradation.quality}
+    raise DegradationError(f"cannot describe the degradation {degradation!r}")
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers, arrays and tuples as lists, mapping keys as strings."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -6,14 +6,20 @@ mod-cropped (top-left crop to a multiple of the scale); the LR input is
 ``imresize(HR, 1/s)`` (symmetric boundary) of the mod-cropped HR (LR files that match no HR image are an
 error, not ignored); the SR output is rounded to
 uint8; PSNR/SSIM are on the Y channel with ``crop_border = s`` unless told otherwise.
+
+A folder made by ``ribsr degrade`` holds ``degradation.json``: its LR inputs are then the files it names
+(``<lr_dir>/<lr_template>.png``, e.g. ``LR/X4/babyx4.png``), every one of them required (a missing one is an
+error: they are never made by imresize), and the scale evaluated must be the file's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -28,7 +34,9 @@ from ribsr.metrics import psnr, ssim, to_uint8
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEGRADATION_JSON",
     "IMAGE_EXTENSIONS",
+    "LRLayout",
     "UpscaleFn",
     "bicubic_upscaler",
     "check_lr_files",
@@ -37,6 +45,8 @@ __all__ = [
     "find_hr_images",
     "load_image",
     "load_lr",
+    "lr_layout",
+    "lr_path",
     "mod_crop",
     "model_upscaler",
 ]
@@ -81,50 +91,139 @@ def find_hr_images(folder: str | Path) -> list[Path]:
     return files
 
 
+# The description of a test set made by ``ribsr degrade``, in the dataset folder.
+DEGRADATION_JSON = "degradation.json"
+
+
+@dataclass(frozen=True)
+class LRLayout:
+    """Where the LR inputs of a dataset folder lie: ``folder/{template.format(name)}.png`` for HR image ``name``.
+
+    ``degradation`` is None for the benchmark layout (``LR_bicubic/X{s}``, ``{}x{s}``; a missing file is made by
+    imresize), else what ``degradation.json`` says of how the LR was made (``json``: its path, ``preset``,
+    ``seed``, ``type``); every LR file is then required.
+    """
+
+    folder: Path
+    template: str
+    degradation: dict[str, Any] | None = None
+
+    def path(self, name: str) -> Path:
+        """The LR file of the HR image ``name``."""
+        return self.folder / f"{self.template.format(name)}.png"
+
+    @property
+    def required(self) -> bool:
+        """Whether every HR image must have its LR file (no imresize fallback)."""
+        return self.degradation is not None
+
+
+def _read_degradation_json(path: Path, folder: Path, scale: int) -> LRLayout:
+    """The layout that a ``degradation.json`` describes; ValueError naming the file when it is unusable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    problems = []
+    made_at, lr_dir, template = data.get("scale"), data.get("lr_dir"), data.get("lr_template")
+    if isinstance(made_at, bool) or not isinstance(made_at, int) or made_at <= 0:
+        problems.append(f"scale must be a positive integer, got {made_at!r}")
+    rel = PurePosixPath(lr_dir) if isinstance(lr_dir, str) and lr_dir else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts or "\\" in lr_dir:
+        problems.append(f"lr_dir must be a folder path inside {folder} (e.g. LR/X4), got {lr_dir!r}")
+    if (not isinstance(template, str) or template.count("{}") != 1
+            or template.replace("{}", "").count("{") + template.replace("{}", "").count("}")
+            or "/" in template or "\\" in template):
+        problems.append(f"lr_template must be a file name with one {{}} for the HR name (e.g. {{}}x4), got "
+                        f"{template!r}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    if made_at != scale:
+        raise ValueError(f"{path}: its LR images were made at x{made_at}, but x{scale} is evaluated (the scale "
+                         f"asked for, or the model's)")
+    info = {"json": str(path), "preset": data.get("preset"), "seed": data.get("seed"),
+            "type": data.get("degradation")}
+    return LRLayout(folder / Path(*rel.parts), template, info)
+
+
+def lr_layout(folder: str | Path, scale: int) -> LRLayout:
+    """Where the LR inputs of the dataset ``folder`` at ``scale`` lie: as ``folder/degradation.json`` says when
+    it exists (``ribsr degrade``; ValueError when it is unusable or made at another scale), else
+    ``folder/LR_bicubic/X{scale}/{name}x{scale}.png``."""
+    folder = Path(folder)
+    described = folder / DEGRADATION_JSON
+    if described.is_file():
+        return _read_degradation_json(described, folder, scale)
+    return LRLayout(folder / "LR_bicubic" / f"X{scale}", f"{{}}x{scale}")
+
+
 def lr_path(folder: str | Path, name: str, scale: int) -> Path:
-    """Where the LR input of the HR image ``name`` lies: ``folder/LR_bicubic/X{scale}/{name}x{scale}.png``."""
-    return Path(folder) / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png"
+    """Where the LR input of the HR image ``name`` lies (:func:`lr_layout`): e.g.
+    ``folder/LR_bicubic/X{scale}/{name}x{scale}.png``."""
+    return lr_layout(folder, scale).path(name)
 
 
-def check_lr_files(folder: str | Path, scale: int, hr_files: Sequence[Path] | None = None) -> None:
-    """Raise ValueError when ``folder/LR_bicubic/X{scale}`` holds image files that match no HR image.
+def _listing(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_lr_files(folder: str | Path, scale: int, hr_files: Sequence[Path] | None = None,
+                   layout: LRLayout | None = None) -> None:
+    """Raise ValueError when the LR folder of ``folder`` (:func:`lr_layout`) holds image files that match no HR
+    image, or, for a folder with ``degradation.json``, when an HR image has no LR file.
 
     The LR input of ``HR/{name}.*`` is ``LR_bicubic/X{scale}/{name}x{scale}.png``; an LR file named otherwise
     would be ignored (and the HR image's LR made by imresize instead), so it is an error naming a few of them.
     """
-    lr_dir = lr_path(folder, "", scale).parent
+    layout = lr_layout(folder, scale) if layout is None else layout
+    lr_dir = layout.folder
+    hr_files = find_hr_images(folder) if hr_files is None else hr_files
+    if layout.required:
+        missing = sorted(layout.path(p.stem).name for p in hr_files if not layout.path(p.stem).is_file())
+        if missing:
+            raise ValueError(
+                f"{lr_dir}: {len(missing)} LR file{'s' if len(missing) != 1 else ''} that "
+                f"{layout.degradation['json']} names {'are' if len(missing) != 1 else 'is'} missing: "
+                f"{_listing(missing)} (run ribsr degrade again to make them)"
+            )
     if not lr_dir.is_dir():
         return
-    hr_files = find_hr_images(folder) if hr_files is None else hr_files
-    expected = {lr_path(folder, p.stem, scale).name for p in hr_files}
+    expected = {layout.path(p.stem).name for p in hr_files}
     stray = sorted(
         p.name for p in lr_dir.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
         and p.name not in expected
     )
     if stray:
-        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
-        example = f" (e.g. {lr_path(folder, hr_files[0].stem, scale).name} for {hr_files[0].name})" if hr_files else ""
+        example = f" (e.g. {layout.path(hr_files[0].stem).name} for {hr_files[0].name})" if hr_files else ""
         raise ValueError(
-            f"{lr_dir}: {len(stray)} LR file{'s' if len(stray) != 1 else ''} match no HR image: {shown}; the LR "
-            f"input of HR image <name> must be named <name>x{scale}.png{example}"
+            f"{lr_dir}: {len(stray)} LR file{'s' if len(stray) != 1 else ''} match no HR image: {_listing(stray)}; "
+            f"the LR input of HR image <name> must be named {layout.template.format('<name>')}.png{example}"
         )
 
 
-def load_lr(folder: str | Path, name: str, hr: np.ndarray, scale: int) -> tuple[np.ndarray, str]:
-    """The LR input for the mod-cropped ``hr`` and where it came from (``"file"`` or ``"imresize"``).
+def load_lr(folder: str | Path, name: str, hr: np.ndarray, scale: int,
+            layout: LRLayout | None = None) -> tuple[np.ndarray, str]:
+    """The LR input for the mod-cropped ``hr`` and where it came from (``"file"``, ``"imresize"`` or
+    ``"degradation.json"``).
 
-    Uses ``folder/LR_bicubic/X{scale}/{name}x{scale}.png`` when it exists (its size must be
-    HR / scale), else ``imresize(hr, 1 / scale)`` with the symmetric boundary, which reproduces
-    those files bit for bit.
+    Uses the LR file of ``name`` (:func:`lr_layout`: ``folder/LR_bicubic/X{scale}/{name}x{scale}.png``) when it
+    exists (its size must be HR / scale), else ``imresize(hr, 1 / scale)`` with the symmetric boundary, which
+    reproduces those files bit for bit. In a folder with ``degradation.json`` the file is required (a missing one
+    is a FileNotFoundError).
     """
-    path = lr_path(folder, name, scale)
+    layout = lr_layout(folder, scale) if layout is None else layout
+    path = layout.path(name)
     if path.is_file():
         lr = load_image(path)
         expected = (hr.shape[0] // scale, hr.shape[1] // scale, *hr.shape[2:])
         if lr.shape != expected:
             raise ValueError(f"{path}: LR shape {lr.shape} does not match HR {hr.shape} / {scale}")
-        return lr, "file"
+        return lr, "degradation.json" if layout.required else "file"
+    if layout.required:
+        raise FileNotFoundError(f"{path}: LR file missing (named by {layout.degradation['json']})")
     return imresize(hr, 1 / scale), "imresize"
 
 
@@ -170,6 +269,7 @@ _LR_SOURCES = {
     "file": "the LR_bicubic files",
     "imresize": "imresize of the mod-cropped HR",
     "mixed": "LR_bicubic files where present, else imresize of the mod-cropped HR",
+    "degradation.json": "the files degradation.json names",
 }
 
 
@@ -188,7 +288,8 @@ def evaluate_dataset(
     Returns ``{"dataset", "scale", "psnr", "ssim", "images", "seconds", "lr_source", "failed",
     "per_image"}``: ``dataset`` is the folder name; ``images`` counts the images evaluated;
     ``psnr``/``ssim`` are their means (None if none succeeded); ``seconds`` is the time spent
-    upscaling; ``lr_source`` is ``"file"``, ``"imresize"`` or ``"mixed"`` (see :func:`load_lr`);
+    upscaling; ``lr_source`` is ``"file"``, ``"imresize"``, ``"mixed"`` or ``"degradation.json"`` (see
+    :func:`load_lr`), and ``degradation`` what ``degradation.json`` says (:class:`LRLayout`) or None;
     ``failed`` lists ``{"name", "error"}`` for images that could not be evaluated (the run goes
     on without them); ``per_image`` lists ``{"name", "psnr", "ssim", "lr_source"}``. SR images
     are written to ``save_dir/<dataset>/X<scale>/<name>.png`` when ``save_dir`` is given.
@@ -197,7 +298,8 @@ def evaluate_dataset(
     name = folder.resolve().name
     crop = scale if crop_border is None else crop_border
     files = find_hr_images(folder)
-    check_lr_files(folder, scale, files)
+    layout = lr_layout(folder, scale)
+    check_lr_files(folder, scale, files, layout)
     out_dir = None
     if save_dir is not None:
         out_dir = Path(save_dir) / name / f"X{scale}"
@@ -215,7 +317,7 @@ def evaluate_dataset(
     for path in files_iter:
         try:
             hr = mod_crop(load_image(path), scale)
-            lr, source = load_lr(folder, path.stem, hr, scale)
+            lr, source = load_lr(folder, path.stem, hr, scale, layout)
             t0 = time.perf_counter()
             sr = upscale(lr)
             seconds += time.perf_counter() - t0
@@ -243,7 +345,8 @@ def evaluate_dataset(
 
     sources = {r["lr_source"] for r in per_image}
     lr_source = "mixed" if len(sources) > 1 else sources.pop() if sources else "none"
-    log.info("%s x%d: LR from %s", name, scale, _LR_SOURCES.get(lr_source, lr_source))
+    described = "" if layout.degradation is None else f" ({layout.degradation['json']})"
+    log.info("%s x%d: LR from %s%s", name, scale, _LR_SOURCES.get(lr_source, lr_source), described)
     return {
         "dataset": name,
         "scale": scale,
@@ -252,6 +355,7 @@ def evaluate_dataset(
         "images": len(per_image),
         "seconds": seconds,
         "lr_source": lr_source,
+        "degradation": layout.degradation,
         "failed": failed,
         "per_image": per_image,
     }
@@ -276,7 +380,7 @@ def evaluate(
     if not folders:
         raise ValueError("no dataset folders given")
     for folder in folders:
-        check_lr_files(folder, scale, find_hr_images(folder))
+        check_lr_files(folder, scale, find_hr_images(folder), lr_layout(folder, scale))
     return [
         evaluate_dataset(upscale, folder, scale, crop_border=crop_border, y_channel=y_channel,
                          save_dir=save_dir, progress=progress)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import non_negative, positive
+from ribsr.cli.argtypes import non_negative, positive, unit_interval
 
 BICUBIC = "bicubic"
 
@@ -17,7 +17,9 @@ Conventions: HR images are mod-cropped to a multiple of the scale; the LR input 
 DATA/LR_bicubic/X<s>/<name>x<s>.png when present (files there that match no HR image are an
 error), else MATLAB-style bicubic downscaling of the HR image; SR outputs are rounded to 8 bits;
 PSNR/SSIM on the BT.601 Y channel with <scale> border pixels cropped (see --rgb and --crop-border).
-Each DATA folder holds HR/ (or the images themselves); its name names the dataset.
+Each DATA folder holds HR/ (or the images themselves); its name names the dataset. A folder made by
+ribsr degrade holds degradation.json: its LR inputs are the files that names (e.g. LR/X4/<name>x4.png),
+all required, and the scale must be the one they were made at.
 
 example: ribsr evaluate --model bicubic --data Set5 Set14 --scale 4
 """
@@ -33,8 +35,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model", metavar="MODEL", default=None,
-        help=f"checkpoint path or http(s) URL, or '{BICUBIC}' for the bicubic baseline (default: the bundled model)",
+        help=f"checkpoint path or http(s) URL, a bundled model ('default', the default, or 'real'), or '{BICUBIC}' "
+        "for the bicubic baseline",
     )
+    p.add_argument("--denoise", type=unit_interval, default=None, metavar="S",
+                   help="blend the bundled default (0) and real (1) models' weights (implies --model real)")
     p.add_argument("--sha256", default=None, metavar="HEX",
                    help="expected SHA-256 of the model file (for a URL: checked before it enters the cache)")
     p.add_argument("--config", metavar="CONFIG", default=None,
@@ -66,6 +71,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def lr_description(result: dict[str, Any]) -> str:
+    """Where a result's LR came from, for the table: ``file``, ``imresize``, ``mixed``, or
+    ``degradation.json (PRESET, seed N)`` for a set made by ribsr degrade."""
+    described = result.get("degradation")
+    if not described:
+        return str(result["lr_source"])
+    how = described.get("preset") or ("options file" if described.get("type") == "second_order" else "unnamed")
+    seed = described.get("seed")
+    return f"degradation.json ({how}{'' if seed is None else f', seed {seed}'})"
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     """The results as a plain-text table: dataset, scale, PSNR, SSIM, images, seconds, LR source."""
     header = f"{'dataset':<12} {'scale':>5} {'PSNR':>7} {'SSIM':>7} {'images':>6} {'seconds':>8}  LR"
@@ -76,7 +92,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         failed = f" ({len(r['failed'])} failed)" if r["failed"] else ""
         lines.append(
             f"{r['dataset']:<12} {'x' + str(r['scale']):>5} {p:>7} {s:>7} {r['images']:>6} "
-            f"{r['seconds']:>8.2f}  {r['lr_source']}{failed}"
+            f"{r['seconds']:>8.2f}  {lr_description(r)}{failed}"
         )
     return "\n".join(lines)
 
@@ -88,8 +104,8 @@ def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
     if args.model == BICUBIC:
         if args.scale is None:
             raise ValueError("--scale is required with --model bicubic")
-        if args.self_ensemble or args.tile:
-            raise ValueError("--self-ensemble and --tile apply to models, not to --model bicubic")
+        if args.self_ensemble or args.tile or args.denoise is not None:
+            raise ValueError("--self-ensemble, --tile and --denoise apply to models, not to --model bicubic")
         return bicubic_upscaler(args.scale), args.scale
     from ribsr.checkpoint import resolve_model
     from ribsr.devices import parameter_place
@@ -97,7 +113,7 @@ def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
 
     model = resolve_model(args.model, config=args.config, scale=args.scale, device=args.device, sha256=args.sha256,
                           progress=not (getattr(args, "quiet", False) or args.no_progress),
-                          resize_upsampler=args.resize_upsampler)
+                          resize_upsampler=args.resize_upsampler, denoise=args.denoise)
     # Whole images unless --tile is given; Upscaler falls back to tiles (with a warning) only when
     # memory runs out.
     device, dtype = parameter_place(model)

@@ -559,7 +559,8 @@ def test_real_esrgan_style_file_reads_its_degradation_gan_and_usm_keys() -> None
     assert d.blur_sigma == (0.2, 3) and d.blur_sigma2 == (0.2, 1.5) and d.final_sinc_prob == 0.8
     assert d.kernel_list[0] == "iso" and d.blur_kernel_size == 21
     assert opts.train_data.type == "RealESRGANDataset" and opts.train_data.gt_size == 256
-    assert opts.train_data.meta_info_file == REAL_STYLE.parent / "datasets/DF2K/meta_info/meta_info_DF2Kmultiscale+OST_sub.txt"
+    meta = REAL_STYLE.parent / "datasets/DF2K/meta_info/meta_info_DF2Kmultiscale+OST_sub.txt"
+    assert opts.train_data.meta_info_file == meta
     assert (opts.usm.l1_gt_usm, opts.usm.percep_gt_usm, opts.usm.gan_gt_usm) == (True, True, False)
     assert opts.network_d.num_feat == 64 and opts.network_d.skip_connection
     assert opts.train.gan_opt.gan_type == "vanilla" and opts.train.gan_opt.loss_weight == 0.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ Every problem in the file is reported at once, before any work starts.
 Several processes: torchrun --nproc_per_node N -m ribsr train OPTIONS.yml (DDP: nccl on CUDA, gloo on
 CPU; batch_size_per_gpu is per process). SIGINT/SIGTERM finish the current step, save a checkpoint and
 exit with 128 + the signal number; --resume auto continues from the newest readable checkpoint.
+A run holds RUN/.lock while it runs: a second ribsr train on the same --run-dir is refused, naming the first.
 """
 
 
@@ -45,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ribsr.train.loop import Trainer, TrainingError, TrainingInterrupted, setup_distributed
     from ribsr.train.options import load_options
+    from ribsr.train.state import run_dir_lock
 
     opts = load_options(args.options, args.overrides)
     if args.threads is not None:
@@ -53,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dist_info = setup_distributed(args.device)
     run_dir = args.run_dir if args.run_dir is not None else Path("runs") / opts.name
+    # One run per run directory, for the run's whole life (under DDP rank 0 holds it for all).
+    lock = run_dir_lock(run_dir) if dist_info.is_main else contextlib.nullcontext()
     try:
-        trainer = Trainer(opts, run_dir, dist_info=dist_info, resume=args.resume,
-                          progress=not args.no_progress and sys.stderr.isatty())
-        result = trainer.fit()
+        with lock:
+            trainer = Trainer(opts, run_dir, dist_info=dist_info, resume=args.resume,
+                              progress=not args.no_progress and sys.stderr.isatty())
+            result = trainer.fit()
     except TrainingInterrupted as exc:
         if dist_info.is_main:
             print(f"ribsr train: {exc}; continue with --resume auto", file=sys.stderr)

@@ -9,22 +9,30 @@ flushed to disk, then renamed, so a kill at any moment leaves the previous check
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
 import re
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ribsr.files import atomic_write, disk_space_hint
+from ribsr.files import _running, atomic_write, disk_space_hint
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
+LOCK_NAME = ".lock"
+# What files.atomic_write names a checkpoint while it is written: .iter_00001000.pt.<pid>.tmp
+_TMP_NAME = re.compile(r"^\.iter_\d+\.pt\.(\d+)\.tmp$")
 
 
 class ResumeError(ValueError):
@@ -125,6 +133,83 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None
         except ResumeError as exc:
             log.error("skipping a checkpoint that cannot be resumed from: %s", exc)
     return None
+
+
+# ---------------------------------------------------------------------- one run per run directory
+class RunDirLocked(OSError):
+    """Another process trains in the run directory (it holds ``RUN/.lock``)."""
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+    except OSError:
+        text = []
+    if not text:
+        return "another process (its pid is not in the lock file yet)"
+    pid, *rest = text
+    host = f" on {rest[0]}" if rest else ""
+    since = f", started {' '.join(rest[1:])}" if rest[1:] else ""
+    return f"process {pid}{host}{since}"
+
+
+@contextmanager
+def run_dir_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``run_dir`` (``flock`` of ``run_dir/.lock``, made with the folder when missing)
+    for the block, so that two runs never write one run directory; the lock file names the holder (pid, host,
+    start time). Raises :class:`RunDirLocked` naming the holder when another process has it; the lock goes with
+    the process, however it ends. On taking it, the checkpoint temporary files a killed run left are removed
+    (:func:`remove_stale_temporaries`). Where the file system has no locks (ENOLCK), it warns and goes on."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    locked = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            raise RunDirLocked(f"{run_dir} is in use: {_lock_holder(fd)} trains there (it holds {path}); wait for "
+                               "it to end, stop it, or give another --run-dir") from None
+        except OSError as exc:
+            log.warning("cannot lock %s (%s): two runs in %s would not be kept apart", path, exc.strerror or exc,
+                        run_dir)
+        if locked:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+            remove_stale_temporaries(run_dir)
+        yield path
+    finally:
+        if locked:
+            try:
+                os.ftruncate(fd, 0)  # the file stays (removing it would race with a process opening it)
+            except OSError:
+                pass
+        os.close(fd)
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove the checkpoint temporary files (``checkpoints/.iter_*.pt.<pid>.tmp``) whose writer no longer runs:
+    what a run killed while saving left. Returns the files removed."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TMP_NAME.match(entry.name)
+        if match and not _running(int(match.group(1))) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed.append(Path(entry.path))
+    if removed:
+        log.info("removed %d temporary file(s) a stopped run left in %s: %s", len(removed), folder,
+                 ", ".join(p.name for p in removed))
+    return removed
 
 
 # ---------------------------------------------------------------------- random number generators

@@ -65,6 +65,26 @@ def test_second_order_record_is_json_and_names_each_stage():
     assert 30 <= record["jpeg1"] <= 95 and 30 <= record["final"]["jpeg"] <= 95
 
 
+def test_bicubic_prob_gives_plain_samples_and_leaves_the_stream_alone_at_0():
+    hr = _image(40, 44)
+    plain = SecondOrderDegradation(4, DegradationOptions(bicubic_prob=1.0, bicubic_jpeg_prob=0.0))
+    lr, record = plain(hr, np.random.default_rng(2))
+    assert record == {"plain": {"resize": "matlab_bicubic", "jpeg": None}}
+    assert np.array_equal(lr, imresize(hr, 1 / 4))
+    compressed = SecondOrderDegradation(4, DegradationOptions(bicubic_prob=1.0, jpeg_range=(40, 40)))
+    lr, record = compressed(hr, np.random.default_rng(2))
+    assert record["plain"]["jpeg"] == 40 and np.array_equal(lr, degrade.jpeg(imresize(hr, 1 / 4), 40))
+    # bicubic_prob 0 draws nothing: the samples of Real-ESRGAN's keys alone
+    a, rec_a = SecondOrderDegradation(2)(hr, np.random.default_rng(9))
+    b, rec_b = SecondOrderDegradation(2, DegradationOptions(bicubic_prob=0.0, bicubic_jpeg_prob=0.3))(
+        hr, np.random.default_rng(9))
+    assert a.tobytes() == b.tobytes() and rec_a == rec_b
+    # a share of each
+    mixed = SecondOrderDegradation(2, DegradationOptions(bicubic_prob=0.5))
+    kinds = ["plain" in mixed(hr, np.random.default_rng(i))[1] for i in range(40)]
+    assert 8 <= sum(kinds) <= 32
+
+
 def test_image_rng_depends_on_seed_and_name_only():
     # Pinned: a test set made with seed 0 must stay reproducible across versions.
     assert image_rng(0, "baby").integers(0, 2**32, 3).tolist() == [1594430193, 1071602121, 2078736157]

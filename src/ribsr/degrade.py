@@ -111,6 +111,10 @@ class DegradationOptions:
     ``gaussian_noise_prob`` Gaussian (else Poisson) noise, ``noise_range`` its sigma (of 255),
     ``poisson_scale_range`` the Poisson scale, ``gray_noise_prob`` gray noise, ``jpeg_range`` JPEG quality.
     ``second_order_prob`` (1 in Real-ESRGAN) runs the second stage; ``second_blur_prob`` its blur.
+    ribsr's own keys: ``bicubic_prob`` (default 0) is the chance that a sample skips the second-order model: its
+    LR is MATLAB-style bicubic downscaling (as the benchmark ``LR_bicubic`` files), JPEG-compressed with chance
+    ``bicubic_jpeg_prob`` at a quality drawn from ``jpeg_range``. At 0 nothing extra is drawn, so the samples are
+    those of Real-ESRGAN's keys alone.
     """
 
     blur_kernel_size: int = _f(21, ge=_MIN_KERNEL, le=51, integer=True)
@@ -148,6 +152,11 @@ class DegradationOptions:
     poisson_scale_range2: tuple[float, float] = _f((0.05, 2.5), ge=0, le=100, n=2)
     gray_noise_prob2: float = _f(0.4, ge=0, le=1)
     jpeg_range2: tuple[int, int] = _f((30, 95), ge=1, le=100, n=2, integer=True)
+
+    # ribsr's keys (not Real-ESRGAN's): a share of plain samples, so that a small network keeps its fidelity on
+    # clean LR and learns the commonest real case, a downscaled photo saved as JPEG.
+    bicubic_prob: float = _f(0.0, ge=0, le=1)
+    bicubic_jpeg_prob: float = _f(1.0, ge=0, le=1)
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -482,6 +491,11 @@ class SecondOrderDegradation:
         """
         img = _as_float(hr, self.scale)
         o, s = self.options, self.scale
+        if o.bicubic_prob > 0 and rng.random() < o.bicubic_prob:  # a plain sample (ribsr's bicubic_prob)
+            quality = (int(rng.integers(o.jpeg_range[0], o.jpeg_range[1] + 1))
+                       if rng.random() < o.bicubic_jpeg_prob else None)
+            lr, plain = BicubicDegradation(s, quality)(hr)
+            return lr, {"plain": plain}
         h0, w0 = img.shape[:2]
         kernels = self.draw_kernels(rng)
         record: dict[str, Any] = {"blur1": kernels["blur1"][1]}

@@ -116,6 +116,49 @@ def _source_is_gray(source: str | io.BytesIO, where: str) -> bool:
         raise DataError(f"cannot read image {where}: {exc}") from exc
 
 
+# ---------------------------------------------------------------------------------- checking files
+# The last chunk of every PNG and the last marker of every JPEG: a file cut short (a copy that stopped, a full disk)
+# lacks it. Looked for in the file's last bytes (writers may append a little after it).
+_END_MARKS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
+_TAIL_BYTES = 4096
+BAD_FILES_SHOWN = 20
+
+
+def image_file_problem(path: str | Path) -> str | None:
+    """Why the image file ``path`` cannot be trained on, cheaply (None when it looks whole): it is not an image
+    Pillow can open, or it is a PNG/JPEG without its end mark (a truncated file). Reads the header and the last
+    few KiB; only a file without its end mark in them is decoded whole, to tell a truncated file from one with a
+    long trailer."""
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            if im.width <= 0 or im.height <= 0:
+                return f"its size is {im.width}x{im.height}"
+        mark = _END_MARKS.get(fmt or "")
+        if mark is None:
+            return None
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - _TAIL_BYTES))
+            if mark in f.read():
+                return None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes it: a file with a long trailer is whole, a truncated one raises
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        return f"truncated or corrupt: no {fmt} end mark in its last {_TAIL_BYTES} bytes, and decoding it fails ({exc})"
+    return None
+
+
+def bad_files_error(problems: Sequence[tuple[str, str]], total: int, root: Path, hint: str) -> DataError:
+    """One :class:`DataError` listing ``(file, problem)`` for the files of ``root`` that cannot be read (the first
+    :data:`BAD_FILES_SHOWN` of them)."""
+    shown = "".join(f"\n  {where}: {why}" for where, why in problems[:BAD_FILES_SHOWN])
+    more = f"\n  ... and {len(problems) - BAD_FILES_SHOWN} more" if len(problems) > BAD_FILES_SHOWN else ""
+    return DataError(f"{len(problems)} of {total} images in {root} cannot be read:{shown}{more}\n{hint}")
+
+
 # ---------------------------------------------------------------------------------- image stores
 class ImageStore:
     """Images by key: ``keys`` (ordered) and ``get(key)`` giving uint8 RGB (H, W, 3) arrays."""
@@ -186,10 +229,14 @@ class DiskStore(ImageStore):
     Without ``meta_info_file``: the folder's image files (``IMAGE_EXTENSIONS``), sorted by key. With it: the files
     named by the first token of its lines (BasicSR's ``meta_info`` format, e.g. ``0001_s001.png (480,480,3)``), in
     its order. ``select``, if given, restricts the store to those keys (in the store's order).
+
+    Every file is checked at construction (:func:`image_file_problem`: its header, and the end mark of a PNG or
+    JPEG), so that a truncated or foreign file stops the run before it starts, with all such files named in one
+    :class:`DataError`, rather than hours into it; ``check=False`` skips that.
     """
 
     def __init__(self, root: str | Path, meta_info_file: str | Path | None = None,
-                 select: Iterable[str] | None = None) -> None:
+                 select: Iterable[str] | None = None, *, check: bool = True) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"image folder not found: {self.root}")
@@ -216,6 +263,11 @@ class DiskStore(ImageStore):
             keys = [k for k in keys if k in wanted]
         self._set_keys(keys)
         self._paths = {k: paths[k] for k in keys}
+        if check:
+            problems = [(str(p), why) for p in self._paths.values() if (why := image_file_problem(p)) is not None]
+            if problems:
+                raise bad_files_error(problems, len(keys), self.root, "replace or remove them (or list only the "
+                                      "good ones in a meta_info_file)")
 
     def path(self, key: str) -> Path:
         """The file of ``key``."""
@@ -239,8 +291,18 @@ class MemoryStore(DiskStore):
 
     def __init__(self, root: str | Path, meta_info_file: str | Path | None = None,
                  select: Iterable[str] | None = None) -> None:
-        super().__init__(root, meta_info_file, select)
-        self._images = {k: super(MemoryStore, self).get(k) for k in self.keys}
+        super().__init__(root, meta_info_file, select, check=False)  # every file is decoded here anyway
+        self._images = {}
+        problems = []
+        for k in self.keys:
+            try:
+                self._images[k] = super().get(k)
+            except DataError as exc:  # all of them are reported at once
+                where = self.describe(k)
+                problems.append((where, str(exc).removeprefix(f"cannot read image {where}: ")))
+        if problems:
+            raise bad_files_error(problems, len(self.keys), self.root, "replace or remove them (or list only the "
+                                  "good ones in a meta_info_file)")
         for img in self._images.values():
             img.setflags(write=False)  # shared by every sample: callers must copy before writing
         nbytes = sum(img.nbytes for img in self._images.values())

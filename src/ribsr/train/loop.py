@@ -65,6 +65,7 @@ from ribsr.train.options import (
 )
 from ribsr.train.state import (
     ResumeError,
+    checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -514,6 +515,31 @@ class Trainer:
         )
         yield from loader
 
+    def _batches_saving_on_error(self) -> Iterator[dict[str, Any]]:
+        """:meth:`batches`; when one cannot be loaded (a corrupt image), a checkpoint of the iterations done is
+        written first (one process only: under DDP the others could not join it), then the error is raised, a
+        :class:`~ribsr.train.data.DataError` saying where that checkpoint is."""
+        batches = self.batches()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:
+                saved = None
+                if self.iteration > 0 and not self.dist.enabled:
+                    done = checkpoint_path(self.run_dir, self.iteration)
+                    saved = done if done.is_file() else self.save()
+                what = (f"saved {saved}: mend or remove the file, then continue with --resume auto" if saved
+                        else "no checkpoint saved: " + ("the other processes cannot join a save under DDP"
+                                                        if self.dist.enabled else "no iteration was done"))
+                if isinstance(exc, train_data.DataError):
+                    raise train_data.DataError(f"{exc}\n(loading the batch of iteration {self.iteration + 1}; "
+                                               f"{what})") from exc
+                log.error("loading the batch of iteration %d failed; %s", self.iteration + 1, what)
+                raise
+            yield batch
+
     def _autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -540,7 +566,7 @@ class Trainer:
         window_parts: dict[str, float] = {}  # sums of the named losses (logged when there is more than the pixel one)
         self.model.train()
         with _StopSignals() as stop:
-            for batch in self.batches():
+            for batch in self._batches_saving_on_error():
                 it = self.iteration + 1
                 loss_value, finite, stop_now = self.step(batch, stop.received is not None)
                 self.iteration = it

@@ -317,9 +317,11 @@ class LmdbStore(ImageStore):
     """A BasicSR LMDB: a folder ``xxx.lmdb`` with ``data.mdb`` and ``meta_info.txt``; values are encoded images.
 
     ``meta_info.txt`` lines are ``key (h,w,c) compression``; its keys, in its order, are the store's keys
-    (``meta_info_file``, if given, is read instead). The LMDB environment is opened read-only (no locking, no
-    readahead) on the first ``get`` in each process, so DataLoader workers open their own, and shared by every
-    store of that folder in the process.
+    (``meta_info_file``, if given, is read instead). BasicSR's ``create_lmdb`` writes ``0001.png (96,96,3) 1``
+    for the value stored under ``0001``: an image suffix (``IMAGE_EXTENSIONS``) on a meta_info name is not part of
+    the key (a value stored under the whole name, suffix and all, is found too). The LMDB environment is opened
+    read-only (no locking, no readahead) on the first ``get`` in each process, so DataLoader workers open their
+    own, and shared by every store of that folder in the process.
     """
 
     def __init__(self, root: str | Path, meta_info_file: str | Path | None = None,
@@ -331,8 +333,10 @@ class LmdbStore(ImageStore):
         meta = Path(meta_info_file) if meta_info_file is not None else self.root / "meta_info.txt"
         if not meta.is_file():
             raise DataError(f"LMDB meta_info file not found: {meta} (lines 'key (h,w,c) compression')")
-        keys = _read_meta_names(meta)
+        names = _read_meta_names(meta)
+        keys = [_lmdb_key(n) for n in names]
         _check_unique(keys, f"meta_info file {meta}")
+        self._names = dict(zip(keys, names, strict=True))  # key -> the name as meta_info writes it
         if select is not None:
             wanted = set(select)
             keys = [k for k in keys if k in wanted]
@@ -340,10 +344,14 @@ class LmdbStore(ImageStore):
 
     def _bytes(self, key: str) -> bytes:
         self._check_key(key)
+        name = self._names[key]
         with _lmdb_env(self.root).begin(write=False) as txn:
             buf = txn.get(key.encode("utf-8"))
+            if buf is None and name != key:
+                buf = txn.get(name.encode("utf-8"))
         if buf is None:
-            raise DataError(f"key {key!r} is listed in the meta_info of {self.root} but not stored in it")
+            also = f" (nor as {name!r})" if name != key else ""
+            raise DataError(f"key {key!r} is listed in the meta_info of {self.root} but not stored in it{also}")
         return bytes(buf)
 
     def get(self, key: str) -> np.ndarray:
@@ -351,6 +359,12 @@ class LmdbStore(ImageStore):
 
     def is_grayscale(self, key: str) -> bool:
         return _source_is_gray(io.BytesIO(self._bytes(key)), self.describe(key))
+
+
+def _lmdb_key(name: str) -> str:
+    """The LMDB key of a meta_info name: without its image suffix (``0001.png`` -> ``0001``, as BasicSR keys it)."""
+    stem, dot, suffix = name.rpartition(".")
+    return stem if dot and stem and f".{suffix.lower()}" in IMAGE_EXTENSIONS else name
 
 
 # One read-only environment per LMDB folder and process (LMDB forbids opening one twice in a process):
@@ -556,6 +570,11 @@ class PairedImageDataset(_SRDataset):
         # The memory backend decodes only the LR images that have an HR.
         lq_store = open_store(dataroot_lq, io_backend, select=lq_keys if io_backend == "memory" else None)
         missing = [k for k in lq_keys if k not in lq_store]
+        if missing and io_backend == "lmdb" and all(k in lq_store for k in gt_store.keys):
+            # BasicSR pairs LMDBs by key and ignores filename_tmpl (its create_lmdb keys the LR as the HR)
+            log.info("dataset %r: the LR LMDB %s holds the HR keys, not filename_tmpl %r of them: pairing by key, "
+                     "as BasicSR does", self.name, lq_store.root, filename_tmpl)
+            lq_keys, missing = list(gt_store.keys), []
         if missing:
             raise DataError(
                 f"dataset {self.name!r}: {len(missing)} of {len(lq_keys)} HR images in {gt_store.root} have no LR "

@@ -381,3 +381,17 @@ def test_load_degradation_options_plain_mapping_json_and_errors(tmp_path):
         load_degradation_options(tmp_path / "missing.yml")
     with pytest.raises(DegradationError, match="not a regular file"):
         load_degradation_options(tmp_path)
+
+
+def test_load_degradation_options_refuses_an_alias_bomb_and_binary_files(tmp_path):
+    # a billion-laughs document must be refused before its values are built (it hung yaml.safe_load)
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DegradationError, match=f"{bomb}: "):
+        load_degradation_options(bomb)
+    binary = tmp_path / "weights.yml"
+    binary.write_bytes(b"\x80\x02\x00binary")
+    with pytest.raises(DegradationError, match="not UTF-8 text"):
+        load_degradation_options(binary)

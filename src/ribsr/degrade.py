@@ -44,11 +44,11 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
-import yaml
 from PIL import Image
 from scipy import fft, special
 
 from ribsr.imresize import imresize
+from ribsr.safeyaml import YAMLFileError, read_yaml
 
 __all__ = [
     "DEGRADATION_BLOCK_EXTRA",
@@ -709,16 +709,10 @@ def load_degradation_options(path: str | Path, scale: int | None = None) -> Degr
     problem (with its key path) for anything else.
     """
     path = Path(path)
-    if not path.is_file():
-        if not path.exists():
-            raise FileNotFoundError(f"degradation options file not found: {path}")
-        raise DegradationError(f"{path}: not a regular file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DegradationError(f"{path}: cannot read the file ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise DegradationError(f"{path}: not valid YAML or JSON: {exc}") from None
+        data = read_yaml(path, what="degradation options file")
+    except YAMLFileError as exc:
+        raise DegradationError(str(exc)) from None
     if not isinstance(data, Mapping):
         raise DegradationError(f"{path}: must hold a mapping of degradation keys or a training option file, "
                                f"got {type(data).__name__}")

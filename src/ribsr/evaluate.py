@@ -251,6 +251,8 @@ def model_upscaler(
     def upscale(lr: np.ndarray) -> np.ndarray:
         gray = lr.ndim == 2
         rgb = np.repeat(lr[:, :, None], 3, axis=2) if gray else lr  # (h, w, 3)
+        if not rgb.flags.writeable:  # torch warns on a read-only array (a decoded image's, often)
+            rgb = rgb.copy()
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w)
         x = x.to(device=device, dtype=dtype) / 255
         with torch.inference_mode():

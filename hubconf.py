@@ -4,6 +4,7 @@
     model = torch.hub.load(REPO, "sst", "light", scale=2)                            # fresh (training mode)
     model = torch.hub.load(REPO, "sst", "light", scale=2, weights="SST_light_x2.pth")  # or an https:// URL
     model = torch.hub.load(REPO, "sst_default", scale=2)                             # the bundled x2 model
+    model = torch.hub.load(REPO, "sst_real", scale=4, denoise=0.5)                   # the real-world x4 model
 
 ``REPO`` is this repository's folder (with ``source="local"``) or its GitHub ``owner/name``. The installed
 ``ribsr`` is used when there is one; otherwise the package is imported from this repository's ``src/``.
@@ -56,6 +57,16 @@ def sst_default(scale=2, *, device="cpu", attention="auto"):
     from ribsr.assets import default_model_path
 
     return ribsr.load_model(default_model_path(scale), device=device, attention=attention)
+
+
+def sst_real(scale=4, denoise=None, *, device="cpu", attention="auto"):
+    """The bundled real-world model of ``scale`` (the default model fine-tuned on Real-ESRGAN-style degradations,
+    see docs/models.md), in eval mode. ``denoise`` (0..1) blends the bundled default (0) and real-world (1)
+    weights, as ``ribsr upscale --denoise``.
+    """
+    from ribsr.checkpoint import resolve_model
+
+    return resolve_model("real", scale=scale, device=device, attention=attention, denoise=denoise)
 
 
 def _preset_entry(name):

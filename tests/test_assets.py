@@ -7,10 +7,19 @@ import stat
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import ribsr
-from ribsr.assets import ASSETS, SAMPLE_IMAGE, NoBundledModelError, bundled_scales, default_model_path
+from ribsr.assets import (
+    ASSETS,
+    SAMPLE_IMAGE,
+    NoBundledModelError,
+    bundled_model_path,
+    bundled_scales,
+    default_model_path,
+)
+from ribsr.degrade import BicubicDegradation
 from ribsr.evaluate import bicubic_upscaler, mod_crop, model_upscaler
 
 
@@ -39,6 +48,28 @@ def test_bundled_model_beats_bicubic_on_the_sample(scale, datasets_dir, one_thre
     sr_psnr = ribsr.psnr(model_upscaler(model)(lr), hr, crop_border=scale)
     bicubic_psnr = ribsr.psnr(bicubic_upscaler(scale)(lr), hr, crop_border=scale)
     assert sr_psnr > bicubic_psnr + 1.0, (sr_psnr, bicubic_psnr)
+
+
+def test_bundled_real_world_model_is_the_default_x4_network():
+    assert bundled_scales("real") == [4]  # x4 only (docs/models.md, "real-world x4")
+    path = bundled_model_path("real", 4)
+    assert path.stat().st_size <= 5 * 2**20
+    real, default = ribsr.load_model("real", scale=4), ribsr.load_model("default", scale=4)
+    assert real.config == default.config  # same network: --denoise blends their weights
+    assert any(not torch.equal(v, default.state_dict()[k]) for k, v in real.state_dict().items())
+    with pytest.raises(NoBundledModelError, match=r"no bundled real model for x2 \(bundled: x4\)"):
+        ribsr.load_model("real", scale=2)
+
+
+def test_real_world_model_beats_the_default_on_jpeg_lr(datasets_dir, one_thread):
+    """On the butterfly downscaled and saved as JPEG q=30 the real-world model gains over bicubic where the
+    bicubic-trained default model loses (it sharpens the blocks); docs/models.md has the whole-set numbers."""
+    hr = mod_crop(np.array(Image.open(datasets_dir / "Set5" / "HR" / "butterfly.png")), 4)
+    lr, _ = BicubicDegradation(4, quality=30)(hr)
+    bicubic = ribsr.psnr(bicubic_upscaler(4)(lr), hr, crop_border=4)
+    real = ribsr.psnr(model_upscaler(ribsr.load_model("real", scale=4))(lr), hr, crop_border=4)
+    default = ribsr.psnr(model_upscaler(ribsr.load_model("default", scale=4))(lr), hr, crop_border=4)
+    assert real > bicubic + 0.3 and real > default + 0.3, (real, bicubic, default)
 
 
 def test_sample_image_is_the_set5_butterfly_lr(datasets_dir):

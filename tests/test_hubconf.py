@@ -46,7 +46,7 @@ def test_the_entry_points_are_what_torch_hub_list_shows():
     spec.loader.exec_module(module)
     listed = {name for name in dir(module) if callable(getattr(module, name)) and not name.startswith("_")}
     presets = {"sst_" + name.replace("+", "_plus") for name in PRESETS}
-    assert listed == {"sst", "sst_default"} | presets
+    assert listed == {"sst", "sst_default", "sst_real"} | presets
     assert all(importlib.util.find_spec(name) for name in module.dependencies)
 
 
@@ -138,3 +138,15 @@ print(type(model).__name__, Path(ribsr.__file__).resolve().parent)
     if done.stdout.startswith("SKIP"):
         pytest.skip(done.stdout.strip())
     assert done.stdout.split() == ["SST", str(REPO / "src" / "ribsr")]
+
+
+def test_bundled_real_model_and_its_blend():
+    model = hub_load("sst_real", scale=4)
+    ref = ribsr.load_model("real", scale=4)
+    assert not model.training and model.config == ref.config
+    blended = hub_load("sst_real", scale=4, denoise=0.0)
+    default = ribsr.load_model("default", scale=4)
+    assert all(torch.equal(v, default.state_dict()[k]) for k, v in blended.state_dict().items())
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))

@@ -140,3 +140,13 @@ def test_tiled_evaluation_equals_whole_images_for_a_local_model(dataset, tmp_pat
     # nearest upsampling is local: blended tiles give the same image, so the same PSNR
     a, b = (json.loads(p.read_text())["results"][0]["psnr"] for p in (whole, tiled))
     assert a == pytest.approx(b, abs=1e-9)
+
+
+def test_table_columns_stay_aligned_for_long_dataset_names():
+    from ribsr.cli.evaluate import format_table
+
+    rows = [{"dataset": name, "scale": 4, "psnr": 25.0, "ssim": 0.7, "images": 5, "seconds": 0.1, "failed": [],
+             "lr_source": "file"} for name in ("Set5", "Set14_realesrgan")]
+    lines = format_table(rows).splitlines()
+    assert len({line.index("x4") for line in lines[2:]}) == 1  # the scale column starts at one place
+    assert lines[0].index("scale") + len("scale") == lines[2].index("x4") + len("x4")

@@ -84,14 +84,15 @@ def lr_description(result: dict[str, Any]) -> str:
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """The results as a plain-text table: dataset, scale, PSNR, SSIM, images, seconds, LR source."""
-    header = f"{'dataset':<12} {'scale':>5} {'PSNR':>7} {'SSIM':>7} {'images':>6} {'seconds':>8}  LR"
+    w = max([12] + [len(r["dataset"]) for r in results])  # long names (Set14_realesrgan) keep the columns
+    header = f"{'dataset':<{w}} {'scale':>5} {'PSNR':>7} {'SSIM':>7} {'images':>6} {'seconds':>8}  LR"
     lines = [header, "-" * len(header)]
     for r in results:
         p = "-" if r["psnr"] is None else f"{r['psnr']:.2f}"
         s = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
         failed = f" ({len(r['failed'])} failed)" if r["failed"] else ""
         lines.append(
-            f"{r['dataset']:<12} {'x' + str(r['scale']):>5} {p:>7} {s:>7} {r['images']:>6} "
+            f"{r['dataset']:<{w}} {'x' + str(r['scale']):>5} {p:>7} {s:>7} {r['images']:>6} "
             f"{r['seconds']:>8.2f}  {lr_description(r)}{failed}"
         )
     return "\n".join(lines)

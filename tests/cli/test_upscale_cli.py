@@ -530,3 +530,35 @@ def test_part_files_a_killed_run_left_are_removed_by_the_next(tmp_path, model, c
     assert main(["upscale", str(tmp_path / "a.png"), "-o", str(out), "--model", model]) == 0
     assert f"note: removed {stale}" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == sorted([running.name, unrelated.name, "a_x2.png"])
+
+
+# ---------------------------------------------------------------------- the real-world model and --denoise
+def _upscale_bytes(tmp_path: Path, name: str, *options: str) -> bytes:
+    from ribsr.assets import SAMPLE_IMAGE
+
+    rc = main(["upscale", str(SAMPLE_IMAGE), "-o", str(tmp_path / name), *options])
+    assert rc == 0
+    return (tmp_path / name / "butterfly_x4.png").read_bytes()
+
+
+def test_denoise_is_exactly_the_default_at_0_and_the_real_model_at_1(tmp_path):
+    default = _upscale_bytes(tmp_path, "default", "--scale", "4")
+    real = _upscale_bytes(tmp_path, "real", "--model", "real")
+    assert default != real
+    assert _upscale_bytes(tmp_path, "d0", "--model", "real", "--denoise", "0") == default
+    assert _upscale_bytes(tmp_path, "d1", "--denoise", "1") == real  # --denoise implies --model real
+    half = _upscale_bytes(tmp_path, "half", "--denoise", "0.5")
+    assert half not in (default, real)
+
+
+def test_denoise_out_of_range_or_for_a_checkpoint_is_refused(tmp_path, model, capsys):
+    make_png(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--denoise", "1.5"])
+    assert exit_info.value.code == 2 and "--denoise" in capsys.readouterr().err
+    rc = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", model,
+               "--denoise", "0.5"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "denoise blends the bundled default and real models; it does not apply to model" in err and model in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -394,3 +394,89 @@ def test_png_written_in_blocks_of_rows_decodes_exactly_with_pillow_and_pypng(tmp
         np.testing.assert_array_equal(np.asarray(im).reshape(h, w, channels), arr)
     lines = arr.reshape(45, 70 * channels)
     assert len(set(_png_filtered(lines, np.zeros(70 * channels, np.uint8), channels)[:, 0].tolist())) >= 3
+
+
+# ---------------------------------------------------------------------- float, int16 and many-sample TIFFs
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_floating_point_tiff_is_read_as_it_is(tmp_path, dtype, channels):
+    tifffile = pytest.importorskip("tifffile")
+    arr = RNG.random((5, 6, channels)).astype(dtype)
+    arr[0, 0] = 1.004  # overshoot within the tolerance: clipped
+    tifffile.imwrite(tmp_path / "f.tif", arr[..., 0] if channels == 1 else arr,
+                     photometric="minisblack" if channels == 1 else "rgb",
+                     extrasamples=["unassalpha"] if channels == 4 else None)
+    img = read_image(tmp_path / "f.tif")  # was "not a recognised image file" (RGB) or "unsupported mode 'F'"
+    bits = np.dtype(dtype).itemsize * 8
+    assert img.grayscale == (channels == 1) and img.mode.endswith(f";F{bits}") and img.bit_depth == 16
+    assert f"{bits}-bit floating-point TIFF; written back with 16 bits" in img.notes
+    expected = np.clip(arr.astype(np.float32), 0, 1)
+    np.testing.assert_array_equal(img.rgb, expected[..., :1].repeat(3, 2) if channels == 1 else expected[..., :3])
+    if channels == 4:
+        np.testing.assert_array_equal(img.alpha, expected[..., 3])
+    write_image(img, tmp_path / "out.tif", "TIFF")
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert tif.pages[0].dtype == np.uint16
+
+
+@pytest.mark.parametrize("values,message", [
+    (lambda a: a * 255, r"floating-point samples range over \[\d+\.\d+, 2\d\d\.\d+\]; expected \[0, 1\] \(8-bit data"),
+    (lambda a: a - 0.5, r"range over \[-0\.\d+, 0\.\d+\]"),
+    (lambda a: np.where(a > 0.9, np.nan, a), "floating-point samples are NaN or infinite"),
+])
+def test_floating_point_tiff_outside_0_1_is_refused(tmp_path, values, message):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "f.tif", values(RNG.random((8, 9, 3))).astype(np.float32), photometric="rgb")
+    with pytest.raises(ImageReadError, match=r"f\.tif: .*" + message):
+        read_image(tmp_path / "f.tif")
+
+
+def test_int16_tiff_is_read_as_16_bit_not_called_32_bit(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    gray = RNG.integers(0, 30000, (6, 7)).astype(np.int16)
+    tifffile.imwrite(tmp_path / "s.tif", gray)
+    img = read_image(tmp_path / "s.tif")
+    assert img.bit_depth == 16 and img.grayscale and img.mode == "L;16"
+    assert "16-bit signed integer (int16) TIFF read as unsigned 16-bit (no sample is negative)" in img.notes
+    np.testing.assert_array_equal(np.rint(img.rgb[..., 0] * 65535).astype(np.int64), gray)
+    gray[2, 3] = -7
+    tifffile.imwrite(tmp_path / "neg.tif", gray)
+    with pytest.raises(ImageReadError) as info:  # was "32-bit integer image with values outside 0..65535"
+        read_image(tmp_path / "neg.tif")
+    assert "16-bit signed integer samples (int16) with negative values (down to -7)" in str(info.value)
+    assert "32-bit" not in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_a_tiff_with_more_samples_than_rgba_is_refused(tmp_path, dtype, monkeypatch):
+    """5 samples per pixel (RGB, alpha and one more): Pillow and the 16-bit reader dropped the fifth."""
+    tifffile = pytest.importorskip("tifffile")
+    arr = (RNG.random((4, 5, 5)) * (255 if dtype == np.uint8 else 1)).astype(dtype)
+    tifffile.imwrite(tmp_path / "c5.tif", arr, photometric="rgb", planarconfig="contig",
+                     extrasamples=["unassalpha", "unspecified"])
+    tifffile.imwrite(tmp_path / "g3.tif", arr[..., :3], photometric="minisblack", planarconfig="contig",
+                     extrasamples=["unassalpha", "unspecified"])
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although refused")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_decoding)
+    with pytest.raises(ImageReadError, match=r"c5\.tif: 5 samples \(channels\) per pixel, RGB and 2 more: only "
+                                             "gray, gray \\+ alpha, RGB and RGBA images are read"):
+        read_image(tmp_path / "c5.tif")
+    with pytest.raises(ImageReadError, match=r"g3\.tif: 3 samples \(channels\) per pixel, gray and 2 more"):
+        read_image(tmp_path / "g3.tif")
+
+
+@pytest.mark.parametrize("dtype,what", [(np.float32, "32-bit floating-point"), (np.int16, "16-bit signed integer")])
+def test_float_or_int16_tiff_tifffile_cannot_decompress_names_imagecodecs(tmp_path, monkeypatch, dtype, what):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "z.tif", (RNG.random((6, 7)) * 100).astype(dtype), compression="zlib")
+
+    def no_codec(self, key):
+        raise KeyError(f"{key} requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(type(tifffile.TIFF.DECOMPRESSORS), "__getitem__", no_codec)  # as without imagecodecs
+    with pytest.raises(ImageReadError, match=rf"z\.tif: a {what}.* TIFF compressed with ADOBE_DEFLATE, .*only with "
+                                             r"the imagecodecs package \(pip install imagecodecs\)"):
+        read_image(tmp_path / "z.tif")

@@ -7,9 +7,10 @@ of (palette, CMYK, ...). EXIF orientation is applied on reading. Writing is atom
 written to a temporary file in the destination folder and renamed into place.
 
 Pillow reads 16-bit colour PNGs and TIFFs as 8-bit, so 16-bit colour PNGs are read and written
-with pypng and 16-bit TIFFs (gray or colour, with or without alpha) with tifffile; 16-bit grayscale
-PNGs go through Pillow's ``I;16`` mode. The size an image declares is checked before it is decoded
-(``max_pixels``), and of an animated or multi-page image only the first frame is read (with a note).
+with pypng and 16-bit TIFFs (gray or colour, with or without alpha) with tifffile, as are floating-point
+and int16 TIFFs (written back as 16-bit); 16-bit grayscale PNGs go through Pillow's ``I;16`` mode. The size
+an image declares is checked before it is decoded (``max_pixels``), and of an animated or multi-page image
+only the first frame is read (with a note).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from ribsr.files import part_path
 
 # The first bytes of a TIFF file: little- and big-endian, classic and BigTIFF.
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# How far floating-point TIFF samples may lie outside [0, 1] and still be read (clipped): rounding and resampling
+# overshoot, as ribsr.inference.RANGE_TOLERANCE for arrays.
+FLOAT_TOLERANCE = 0.01
 
 # Suffixes picked up when a folder is given as input.
 IMAGE_SUFFIXES = frozenset(
@@ -227,8 +231,15 @@ def _read_png16_color(path: Path) -> DecodedImage:
 
 
 def _read_tiff16(path: Path, max_pixels: int | None) -> tuple[DecodedImage, int | None] | None:
-    """A 16-bit unsigned gray or RGB TIFF (alpha optional) read with tifffile, and its orientation
-    tag; None for any other TIFF (left to Pillow). The declared size is checked before decoding."""
+    """A 16-bit unsigned or floating-point gray or RGB TIFF (alpha optional) read with tifffile, and its
+    orientation tag; None for any other TIFF (left to Pillow). The declared size is checked before decoding.
+
+    Signed 16-bit samples (int16, which Pillow called a "32-bit integer image") are read as unsigned ones when
+    none is negative; floating-point samples (16, 32 or 64 bits, which Pillow did not recognise) are read as they
+    are, clipped to [0, 1] within :data:`FLOAT_TOLERANCE`. Refused with :class:`ImageReadError` naming what they
+    hold: gray or RGB with more than one extra sample (a 5-channel TIFF, whose samples were dropped), before
+    decoding, whatever the bit depth; float or int16 samples compressed in a way tifffile needs imagecodecs for;
+    negative int16 samples; NaN, infinite or out-of-range floating-point samples."""
     import tifffile
 
     try:
@@ -237,14 +248,29 @@ def _read_tiff16(path: Path, max_pixels: int | None) -> tuple[DecodedImage, int 
         return None
     with tif:
         page = tif.pages[0]
-        photometric = int(page.photometric)
-        if page.bitspersample != 16 or int(page.sampleformat) != 1 or photometric not in (1, 2):
-            return None  # 1 = BlackIsZero gray, 2 = RGB; 1 = unsigned integer samples
+        photometric, bits, sample_format = int(page.photometric), page.bitspersample, int(page.sampleformat)
+        if photometric in (1, 2) and page.samplesperpixel > (1 if photometric == 1 else 3) + 1:
+            kind = "gray" if photometric == 1 else "RGB"
+            raise ImageReadError(f"{path}: {page.samplesperpixel} samples (channels) per pixel, {kind} and "
+                                 f"{page.samplesperpixel - (1 if photometric == 1 else 3)} more: only gray, gray + "
+                                 "alpha, RGB and RGBA images are read")
+        # sample formats: 1 = unsigned integer, 2 = signed integer, 3 = IEEE float
+        is_float = sample_format == 3 and bits in (16, 32, 64)
+        if not (bits == 16 and sample_format in (1, 2) or is_float) or photometric not in (1, 2):
+            return None  # 1 = BlackIsZero gray, 2 = RGB
         try:
             tifffile.TIFF.DECOMPRESSORS[page.compression]
             tifffile.TIFF.UNPREDICTORS[page.predictor]
         except KeyError:  # tifffile decodes this only with imagecodecs installed (LZW, JPEG, ...): Pillow
-            return None
+            if bits == 16 and sample_format == 1:
+                return None  # Pillow reads it, with 8 bits (and says so)
+            what = f"{bits}-bit floating-point" if is_float else "16-bit signed integer (int16)"
+            how = getattr(page.compression, "name", page.compression)
+            if page.predictor != 1:
+                how = f"{how} with predictor {getattr(page.predictor, 'name', page.predictor)}"
+            raise ImageReadError(f"{path}: a {what} TIFF compressed with {how}, which tifffile decodes only with "
+                                 f"the imagecodecs package (pip install imagecodecs); Pillow does not read {what} "
+                                 "samples") from None
         height, width = page.imagelength, page.imagewidth
         if max_pixels is not None and width * height > max_pixels:
             raise ImageTooLargeError(path, (width, height), max_pixels)
@@ -268,7 +294,26 @@ def _read_tiff16(path: Path, max_pixels: int | None) -> tuple[DecodedImage, int 
     n_color = 1 if gray else 3
     extras = tuple(int(e) for e in page.extrasamples)  # 0 unspecified, 1 premultiplied alpha, 2 alpha
     notes = []
-    samples = data.astype(np.float32) / 65535
+    if is_float:
+        samples = data.astype(np.float32)
+        finite = np.isfinite(samples)
+        if not finite.all():
+            raise ImageReadError(f"{path}: {int(samples.size - finite.sum()):,} floating-point samples are NaN or "
+                                 "infinite")
+        low, high = (float(samples.min()), float(samples.max())) if samples.size else (0.0, 0.0)
+        if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+            raise ImageReadError(f"{path}: floating-point samples range over [{low:g}, {high:g}]; expected [0, 1] "
+                                 "(8-bit data: divide by 255; 16-bit data: divide by 65535)")
+        np.clip(samples, 0, 1, out=samples)
+    else:
+        if sample_format == 2:
+            low = int(data.min()) if data.size else 0
+            if low < 0:
+                raise ImageReadError(f"{path}: 16-bit signed integer samples (int16) with negative values (down to "
+                                     f"{low}) are not supported; use unsigned 8- or 16-bit integers, or floating point "
+                                     "in [0, 1]")
+            notes.append("16-bit signed integer (int16) TIFF read as unsigned 16-bit (no sample is negative)")
+        samples = data.astype(np.float32) / 65535
     alpha = None
     if extras and extras[0] in (1, 2) and samples.shape[2] > n_color:
         alpha = samples[..., n_color].copy()
@@ -279,8 +324,10 @@ def _read_tiff16(path: Path, max_pixels: int | None) -> tuple[DecodedImage, int 
     if samples.shape[2] > n_color + (alpha is not None):
         notes.append(f"{samples.shape[2] - n_color - (alpha is not None)} extra TIFF sample(s) dropped")
     kind = ("LA" if alpha is not None else "L") if gray else ("RGBA" if alpha is not None else "RGB")
+    if is_float:
+        notes.append(f"{bits}-bit floating-point TIFF; written back with 16 bits")
     img = DecodedImage(rgb=_rgb(samples, gray), alpha=alpha, bit_depth=16, grayscale=gray, format="TIFF",
-                       mode=kind + ";16", icc_profile=icc, notes=notes,
+                       mode=kind + (f";F{bits}" if is_float else ";16"), icc_profile=icc, notes=notes,
                        frames=frames)
     return img, orientation
 

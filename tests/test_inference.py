@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -304,6 +305,33 @@ def test_upscaler_rejects_bad_settings(window_model):
         Upscaler(window_model(), dtype="float8")
     with pytest.raises(TypeError, match="list"):
         Upscaler(window_model()).upscale([1, 2, 3])
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("overlap", -3, r"overlap must be None \(one alignment unit\) or a number of pixels, an integer >= 0; got -3"),
+    ("overlap", 1.5, "overlap must be .*, an integer >= 0; got 1.5"),
+    ("tile", -1, "tile must be 'auto', None or a number of pixels .*; got -1"),
+    ("tile", float("nan"), "tile must be .*; got nan"),
+    ("batch_size", 0, "batch_size must be .*, an integer >= 1; got 0"),
+    ("batch_size", True, "batch_size must be .*; got True"),
+    ("max_memory", float("nan"), r"max_memory must be a positive number of GiB \(None: the memory free now\), got nan"),
+    ("max_memory", -1, "max_memory must be a positive number of GiB .*, got -1"),
+    ("max_memory", "2", "max_memory must be a positive number of GiB .*, got '2'"),
+])
+def test_upscaler_names_a_bad_setting_and_its_value(window_model, option, value, message):
+    """overlap=-3 was accepted, max_memory=nan failed with 'cannot convert float NaN to integer'."""
+    with pytest.raises(ValueError, match=message):
+        Upscaler(window_model(), **{option: value})
+    assert Upscaler(window_model(), tile=np.int64(32), overlap=0, batch_size=np.int32(2)).tile == 32
+    assert Upscaler(window_model(), max_memory=float("inf")).max_memory == float("inf")
+
+
+@pytest.mark.parametrize("shape", [(10,), (), (2, 3, 4, 5)])
+def test_upscale_an_array_of_another_rank_names_its_shape(nearest_model, shape):
+    """A 1-D array was an IndexError."""
+    with pytest.raises(ValueError, match=rf"expected an \(H, W\) or \(H, W, 1\|3\|4\) array, got shape "
+                                         rf"{re.escape(str(shape))}"):
+        Upscaler(nearest_model()).upscale(np.zeros(shape, np.uint8))
 
 
 def test_dtype_auto_is_float32_on_cpu(window_model):

@@ -8,6 +8,7 @@ PIL/numpy/tensor images. The names that used to live here (tiling, memory, devic
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,14 @@ def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
     return x
 
 
+def _whole_number(name: str, value: object, minimum: int, what: str) -> int:
+    """``value`` as an int when it is a whole number >= ``minimum`` (not a bool); else a ValueError naming
+    ``name``, what it may be, and ``value``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be {what}, an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
 # ---------------------------------------------------------------------- Upscaler
 class Upscaler:
     """Upscale PIL images, numpy arrays or tensors with a super-resolution model.
@@ -186,14 +195,17 @@ class Upscaler:
         if not stream_above >= 0:
             raise ValueError(f"stream_above must be >= 0 GiB (or inf: never), got {stream_above}")
         self.stream_above = stream_above
-        if isinstance(tile, str) and tile != "auto":
-            raise ValueError(f"tile must be 'auto', None or a number of pixels, got {tile!r}")
-        if isinstance(tile, int) and tile < 0:
-            raise ValueError(f"tile must be >= 0, got {tile}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_memory is not None and max_memory <= 0:
-            raise ValueError(f"max_memory must be a positive number of GiB, got {max_memory}")
+        if tile != "auto" and tile is not None:
+            tile = _whole_number("tile", tile, 0, "'auto', None or a number of pixels (0: no tiles)")
+        if overlap is not None:
+            overlap = _whole_number("overlap", overlap, 0, "None (one alignment unit) or a number of pixels")
+        if batch_size is not None:
+            batch_size = _whole_number("batch_size", batch_size, 1, "None (from memory) or a number of tiles")
+        if max_memory is not None:
+            if isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Real) or not max_memory > 0:
+                raise ValueError(f"max_memory must be a positive number of GiB (None: the memory free now), got "
+                                 f"{max_memory!r}")  # not > 0: also nan
+            max_memory = float(max_memory)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.dtype not in self.info.dtypes and (dtype is None or dtype == "auto"):
@@ -412,6 +424,8 @@ class Upscaler:
                             getattr(image, "filename", None) or "the image", frames, image.tell())
             return to_pil(self.upscale_decoded(from_pil(image), progress))  # type: ignore[return-value]
         if isinstance(image, np.ndarray):
+            if image.ndim not in (2, 3):
+                raise ValueError(f"expected an (H, W) or (H, W, 1|3|4) array, got shape {image.shape}")
             check_pixels(image)
             channels = 0 if image.ndim == 2 else image.shape[2]
             out = self.upscale_decoded(from_array(image), progress)

@@ -41,3 +41,11 @@ def unit_interval(value: str) -> float:
     if not 0 <= v <= 1:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {value!r}")
     return v
+
+
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
+
+
+def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--device``, with the same values in every command (resolved by :func:`ribsr.devices.resolve_device`)."""
+    p.add_argument("--device", default=default, metavar="DEVICE", help=f"{DEVICE_HELP} (default: {default})")

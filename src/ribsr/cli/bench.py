@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import positive
+from ribsr.cli.argtypes import add_device, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device(p, default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per case (median reported)")
@@ -89,11 +89,11 @@ def _write_json(path: Path | None, env: dict[str, Any], settings: dict[str, Any]
         tmp.write_text(json.dumps({**env, "settings": settings, "results": results}, indent=1))
 
 
-def _check_device(device: str) -> None:
-    import torch
+def _resolve_device(args: argparse.Namespace) -> None:
+    """``args.device`` as the device it names (``auto`` resolved; ValueError for an unknown or missing one)."""
+    from ribsr.devices import resolve_device
 
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here")
+    args.device = str(resolve_device(args.device))
 
 
 def _header(env: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -109,7 +109,7 @@ def run_attention(args: argparse.Namespace) -> int:
 
     from ribsr.bench import attention_cases, bench_attention, environment, format_table, plot_attention
 
-    _check_device(args.device)
+    _resolve_device(args)
     cases = attention_cases(args.windows, methods=args.methods, backward=args.backward, image=args.image,
                             heads=args.heads, head_dim=args.head_dim, rank=args.rank, dtype=args.dtype,
                             device=args.device, cache=args.cache)
@@ -151,7 +151,7 @@ def _size(text: str) -> tuple[int, int]:
 def run_model(args: argparse.Namespace) -> int:
     from ribsr.bench import bench_model, environment, format_table
 
-    _check_device(args.device)
+    _resolve_device(args)
     if args.bias_cache_gb is not None and args.bias_cache_gb < 0:
         raise ValueError(f"--bias-cache-gb must be >= 0, got {args.bias_cache_gb}")
     if args.train:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import non_negative, positive, unit_interval
+from ribsr.cli.argtypes import add_device, non_negative, positive, unit_interval
 
 BICUBIC = "bicubic"
 
@@ -62,7 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="average the model over 8 flips/rotations (x8 slower)")
     p.add_argument("--tile", type=non_negative(int), default=None, metavar="N",
                    help="run the model on overlapping N x N tiles (default: whole images)")
-    p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
+    add_device(p, default="cpu")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--save-images", type=Path, default=None, metavar="OUT",
                    help="write SR images to OUT/<dataset>/X<scale>/<name>.png")
@@ -126,8 +126,10 @@ def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ribsr.devices import resolve_device
     from ribsr.evaluate import evaluate
 
+    args.device = str(resolve_device(args.device))  # checked before anything is read, bicubic included
     upscale, scale = _upscaler(args)
     results = evaluate(
         upscale, args.data, scale, crop_border=args.crop_border, y_channel=args.y_channel,

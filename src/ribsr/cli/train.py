@@ -36,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where logs and checkpoints go (default: runs/NAME under the current folder)")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue from the newest readable checkpoint of the run directory (auto) or a checkpoint")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (CUDA when available, else CPU; the default), cpu or cuda; each process uses "
+                   "cuda:LOCAL_RANK under torchrun, so cuda:N is not taken")
     p.add_argument("--threads", type=positive(int), default=None, metavar="N",
                    help="CPU threads per process (default: torch's default, usually one per core); one thread "
                    "per run pinned to its own core (taskset) is how two runs share a 2-core machine well")

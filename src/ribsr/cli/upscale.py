@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import non_negative, positive, unit_interval
+from ribsr.cli.argtypes import add_device, non_negative, positive, unit_interval
 from ribsr.files import check_writable, not_a_file, remove_stale_parts
 from ribsr.imageio import FORMATS, IMAGE_SUFFIXES
 
@@ -121,7 +121,7 @@ def add_parser(subparsers: Any) -> None:
                    "a block of rows at a time when the image's buffers would take more than GB GiB in memory "
                    "(default: 1; 0: every image; inf: never); --self-ensemble outputs stay in memory unless given")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_device(p)
     p.add_argument("--self-ensemble", action="store_true",
                    help="average the 8 flips/rotations (8x slower, slightly better)")
     p.add_argument("--suffix", default=None, help="added to output names (default: _x{scale})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,6 +203,64 @@ def test_onnx_model_errors_name_the_file(tmp_path) -> None:
     plain = OnnxModel(path, scale=2, align=1)
     x = torch.rand(1, 3, 5, 4)
     assert torch.equal(plain(x), torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def _plain_x2(path: Path, **metadata: str) -> Path:
+    """A plain x2 nearest upsampler (no ribsr export) with ``metadata`` in its metadata_props."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")], "up",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("metadata,message", [
+    ({"ribsr_scale": "1000000", "ribsr_multiple_of": "8"}, r"ribsr_scale='1000000' is not an integer from "
+                                                            r"1 to 16; the file is damaged"),
+    ({"ribsr_scale": "0", "ribsr_multiple_of": "8"}, "ribsr_scale='0' is not an integer from 1 to 16"),
+    ({"ribsr_scale": "2", "ribsr_multiple_of": "-8"}, "ribsr_multiple_of='-8' is not an integer from 1 to 4096"),
+    ({"ribsr_scale": "2", "ribsr_multiple_of": "9" * 5000},
+     r"ribsr_multiple_of='9{40}\.\.\. \(5000 characters\)' is not an integer"),
+    ({"ribsr_scale": "2", "ribsr_multiple_of": "x"}, "ribsr_multiple_of='x' is not an integer from 1 to 4096"),
+    ({"ribsr_scale": "2", "ribsr_multiple_of": "8", "ribsr_score_bytes_per_pixel": "-5"},
+     "ribsr_score_bytes_per_pixel='-5' is not an integer from 0 to 1073741824"),
+])
+def test_onnx_metadata_out_of_bounds_is_refused(tmp_path, metadata, message) -> None:
+    """A file's scale and alignment size every tile and buffer: a scale of a million was taken as it was."""
+    path = _plain_x2(tmp_path / "bad.onnx", **metadata)
+    with pytest.raises(ValueError, match=r"bad\.onnx: metadata " + message):
+        OnnxModel(path)
+
+
+def test_onnx_overrides_are_bounded_and_must_agree_with_the_configuration(tmp_path, tiny_pair) -> None:
+    import onnx
+
+    path = _plain_x2(tmp_path / "plain.onnx")
+    with pytest.raises(ValueError, match="scale must be an integer from 1 to 16, got 64"):
+        OnnxModel(path, scale=64, align=1)
+    with pytest.raises(ValueError, match="align must be an integer from 1 to 4096, got 0"):
+        OnnxModel(path, scale=2, align=0)
+    assert OnnxModel(path, scale=np.int64(2), align=1).info.scale == 2
+    _, exported = tiny_pair
+    proto = onnx.load(str(exported.path))
+    for prop in proto.metadata_props:
+        if prop.key == "ribsr_scale":
+            prop.value = "4"
+    onnx.save(proto, str(tmp_path / "lying.onnx"))
+    with pytest.raises(ValueError, match=r"lying\.onnx: metadata ribsr_scale=4 disagrees with the network "
+                                         r"configuration in its metadata \(ribsr_config\), which gives 2"):
+        OnnxModel(tmp_path / "lying.onnx")
+    with pytest.raises(ValueError, match=r"tiny\.onnx: align=4 disagrees with .*, which gives 8"):
+        OnnxModel(exported.path, align=4)
 
 
 def test_is_onnx_path() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,13 @@ META_VERSION = "ribsr_version"
 META_ATTENTION = "ribsr_attention"
 #: Bytes of attention scores per input pixel at the widest layer (what onnxruntime materialises).
 META_SCORE_BYTES = "ribsr_score_bytes_per_pixel"
+
+# Bounds on what an .onnx file's metadata (or the scale= and align= given for a file without it) may say: a file is
+# input like any other, and these values size every tile and buffer. ribsr's networks have scales 2, 3, 4 and 8
+# and alignment units (lcm of the window sizes) up to 128.
+MAX_SCALE = 16
+MAX_MULTIPLE_OF = 4096
+MAX_SCORE_BYTES = 1 << 30
 
 DEFAULT_OPSET = 17  # the first with LayerNormalization
 MIN_OPSET = 14
@@ -275,7 +283,9 @@ class OnnxModel(nn.Module):
     input's device.
 
     ``info`` (:class:`~ribsr.modelinfo.ModelInfo`) comes from the file's metadata; ``scale`` and ``align``
-    are for files exported elsewhere without it. ``threads``: onnxruntime's intra-op threads (None: its
+    are for files exported elsewhere without it. Either way the scale must lie in 1..:data:`MAX_SCALE` and the
+    alignment unit in 1..:data:`MAX_MULTIPLE_OF`, and with a network configuration in the metadata agree with
+    it (ValueError naming the file, the key and the value). ``threads``: onnxruntime's intra-op threads (None: its
     default). ``providers``: onnxruntime execution providers (default: the CPU).
     """
 
@@ -323,27 +333,51 @@ class OnnxModel(nn.Module):
 
         return SSTConfig.from_json(text, source=f"{self.path} metadata {META_CONFIG}")
 
+    def _metadata_int(self, key: str, low: int, high: int) -> int:
+        """The integer the metadata holds under ``key``, from ``low`` to ``high``; else a ValueError naming the
+        file, the key and the value."""
+        text = self.metadata[key]
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        try:
+            value = int(text) if len(text) <= 40 else None
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise ValueError(f"{self.path}: metadata {key}={shown!r} is not an integer from {low} to {high}; "
+                             "the file is damaged or was not written by ribsr export-onnx")
+        return value
+
     def _info(self, scale: int | None, align: int | None) -> ModelInfo:
-        def stored(key: str, override: int | None) -> int:
+        def stored(key: str, override: int | None, name: str, high: int) -> int:
             if override is not None:
-                return override
+                whole = isinstance(override, numbers.Integral) and not isinstance(override, bool)
+                if not (whole and 1 <= override <= high):
+                    raise ValueError(f"{name} must be an integer from 1 to {high}, got {override!r}")
+                return int(override)
             if key not in self.metadata:
                 raise ValueError(f"{self.path} has no {key!r} in its metadata (not exported by ribsr export-onnx); "
                                  "pass scale= and align=")
-            try:
-                return int(self.metadata[key])
-            except ValueError:
-                raise ValueError(f"{self.path}: metadata {key}={self.metadata[key]!r} is not an integer") from None
+            return self._metadata_int(key, 1, high)
 
+        info_scale = stored(META_SCALE, scale, "scale", MAX_SCALE)
+        multiple_of = stored(META_MULTIPLE_OF, align, "align", MAX_MULTIPLE_OF)
+        if self.config is not None:
+            # The configuration and the numbers beside it must agree: the tiles are placed by the numbers.
+            expected = {"scale": (info_scale, self.config.scale, META_SCALE, scale),
+                        "align": (multiple_of, math.lcm(*self.config.window_sizes), META_MULTIPLE_OF, align)}
+            for name, (got, want, key, override) in expected.items():
+                if got != want:
+                    given = f"{name}={override}" if override is not None else f"metadata {key}={got}"
+                    raise ValueError(f"{self.path}: {given} disagrees with the network configuration in its "
+                                     f"metadata ({META_CONFIG}), which gives {want}")
         width = self.config.dim if self.config is not None else 64
         from ribsr.memory import MODELLED_BYTES_PER_PIXEL_PER_CHANNEL
 
         # The modelled memory cost counts bytes per pixel as 160 per channel of ``width``: onnxruntime also
         # holds a layer's attention scores, so the width is raised to cover them.
-        scores = int(self.metadata.get(META_SCORE_BYTES, "0") or 0)
+        scores = self._metadata_int(META_SCORE_BYTES, 0, MAX_SCORE_BYTES) if self.metadata.get(META_SCORE_BYTES) else 0
         width += math.ceil(scores / MODELLED_BYTES_PER_PIXEL_PER_CHANNEL)
-        return ModelInfo(scale=stored(META_SCALE, scale), multiple_of=stored(META_MULTIPLE_OF, align),
-                         dtypes=(torch.float32,), width=width)
+        return ModelInfo(scale=info_scale, multiple_of=multiple_of, dtypes=(torch.float32,), width=width)
 
     @property
     def scale(self) -> int:

@@ -84,14 +84,14 @@ def test_plot(tmp_path):
 def small_presets(monkeypatch):
     """Networks built for ``bench model`` are their preset cut down to one block of windows 4 and 8 (the
     same code, a fraction of the time)."""
-    import ribsr.checkpoint
+    import ribsr.build
 
-    full_build = ribsr.checkpoint.build_model
+    full_build = ribsr.build.build_model
 
     def build_model(*args, **kwargs):
         return full_build(*args, n_blocks=1, window_sizes=[4, 8], num_heads=[3, 3], ranks=[4, 4], **kwargs)
 
-    monkeypatch.setattr(ribsr.checkpoint, "build_model", build_model)
+    monkeypatch.setattr(ribsr.build, "build_model", build_model)
 
 
 def test_bench_model_cli_compares_attention_types(tmp_path, capsys, small_presets):
@@ -117,7 +117,7 @@ def test_timing_settings_are_checked():
 
 def test_bench_model_without_kept_biases_rebuilds_them_every_call(monkeypatch, small_presets):
     from ribsr.bench import _model_callable
-    from ribsr.checkpoint import build_model
+    from ribsr.build import build_model
     from ribsr.model.positional import RPB
 
     calls = []

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ribsr.config import LIMITS, PRESETS, ConfigError, SSTConfig, preset, resolve_config
+from ribsr.build import resolve_config
+from ribsr.config import LIMITS, PRESETS, ConfigError, SSTConfig, preset
 
 SIZES = dict(dim=24, window_sizes=(8, 16), num_heads=(3, 3), ranks=(4, 8), n_blocks=1)
 

@@ -152,7 +152,6 @@ def test_model_info_of_an_sst_and_of_other_modules(nearest_model):
     assert (info.scale, info.multiple_of, info.width) == (3, 24, 48)  # lcm of the windows
     assert info.bias_bytes == 3 * 12**4 * 4 and info.set_bias_cache is not None
     assert torch.bfloat16 in info.dtypes
-    assert inference.model_geometry(sst) == (3, 24)  # the old name still answers
     assert model_info(nearest_model(scale=4, window_sizes=(16, 32, 48, 96))) == ModelInfo(4, 96, width=3)
     assert model_info(sst, scale=2, multiple_of=1).multiple_of == 1
     with pytest.raises(ValueError, match="ModelInfo"):
@@ -496,7 +495,7 @@ def test_light_tiled_vs_untiled_on_set14(datasets_dir):
 
 
 def test_max_memory_gives_a_quarter_to_the_bias_cache(nearest_model):
-    from ribsr.checkpoint import build_model
+    from ribsr.build import build_model
     from ribsr.memory import GIB
 
     model = build_model("light", n_blocks=1)

@@ -37,3 +37,15 @@ def test_cli_help_lists_commands():
     assert out.returncode == 0
     for command in ("verify", "convert", "info"):
         assert command in out.stdout
+
+
+def test_the_version_has_one_source():
+    import importlib.metadata
+    import tomllib
+
+    import ribsr
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ribsr.__version__"}
+    assert importlib.metadata.version("ribsr") == ribsr.__version__  # the installed metadata is built from it

@@ -1,7 +1,8 @@
 """ribsr: single-image super-resolution with SST transformers and Rank-factorized Implicit Neural Bias."""
 
 from ribsr.allocator import tune_cpu_allocator
-from ribsr.checkpoint import CheckpointError, build_model, convert_checkpoint, load_model, save_model
+from ribsr.build import build_model
+from ribsr.checkpoint import CheckpointError, convert_checkpoint, load_model, save_model
 from ribsr.config import PRESETS, ConfigError, SSTConfig, preset
 from ribsr.imresize import imresize
 from ribsr.inference import Upscaler

@@ -365,7 +365,7 @@ def _model_callable(
     ``bias_cache_bytes``: the network's budget for dense biases kept between eval calls (None: its default;
     0: rebuilt on every call, as the RPB networks' code does).
     """
-    from ribsr.checkpoint import build_model
+    from ribsr.build import build_model
 
     dev, dt = torch.device(device), DTYPES[dtype]
     model = build_model(preset, scale=scale, attention=attention, attn_type=attn_type).to(dev, dt)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ribsr.assets import BUNDLED_MODELS, DEFAULT_MODEL, REAL_MODEL, bundled_model_path
-from ribsr.build import ConfigSpec, build_model, build_sst, resolve_config
+from ribsr.build import ConfigSpec, build_sst, resolve_config
 from ribsr.config import PRESETS, SSTConfig, preset, preset_name
 from ribsr.devices import resolve_device
 from ribsr.files import atomic_write, disk_space_hint, not_a_file
@@ -562,9 +562,8 @@ def describe(model: SST) -> str:
     return f"SST {c.name or 'custom'} x{c.scale} ({n / 1e6:.3f} M parameters, attention={model.attention})"
 
 
-# build_model lives in ribsr.build; it stays importable from here for older imports.
 __all__ = [
-    "CheckpointError", "build_model", "checkpoint_scale", "convert_checkpoint", "describe", "fitting_configs",
+    "CheckpointError", "checkpoint_scale", "convert_checkpoint", "describe", "fitting_configs",
     "load_model",
     "check_tensors", "matching_presets", "read_checkpoint", "read_state", "resize_upsampler", "resolve_model",
     "save_model", "structure_problems",

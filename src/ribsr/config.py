@@ -364,15 +364,6 @@ def preset(name: str, scale: int = 2, **overrides: Any) -> SSTConfig:
     return SSTConfig(**{**PRESETS[key], "scale": scale, "name": key, **overrides})
 
 
-def __getattr__(name: str) -> Any:
-    # resolve_config moved to ribsr.build (which imports this module); kept reachable here for old imports.
-    if name == "resolve_config":
-        from ribsr.build import resolve_config
-
-        return resolve_config
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def param_count_m(n_params: int) -> float:
     """Parameters in millions, rounded as the paper's tables round them."""
     return math.floor(n_params / 1000 + 0.5) / 1000

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ribsr.devices import DTYPES, parameter_place, resolve_device, resolve_dtype
+from ribsr.devices import resolve_device, resolve_dtype
 from ribsr.diskarray import DiskArray, block_rows
 from ribsr.imageio import DecodedImage, from_array, from_pil, to_array, to_pil, write_image
 from ribsr.memory import (
     GIB,
-    MODELLED_BYTES_PER_PIXEL_PER_CHANNEL,
     MemoryCost,
     available_memory,
     image_buffer_bytes,
@@ -33,28 +32,18 @@ from ribsr.memory import (
     release_cpu_memory,
 )
 from ribsr.model.sst import DEFAULT_BIAS_CACHE_BYTES
-from ribsr.modelinfo import ModelInfo, model_info
+from ribsr.modelinfo import model_info
 from ribsr.tiling import (
     Progress,
-    TileLayout,
-    axis_weights,
     batch_that_fits,
     choose_tiling,
     fits_untiled,
-    tile_layout,
     tiled_forward,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "BIAS_CACHE_SHARE", "DTYPES", "GIB", "MODELLED_BYTES_PER_PIXEL_PER_CHANNEL", "RANGE_TOLERANCE", "STREAM_ABOVE_GIB",
-    "MemoryCost",
-    "ModelInfo", "Progress", "TileLayout", "Upscaler", "available_memory", "axis_weights", "batch_that_fits",
-    "check_pixels", "choose_tiling", "dihedral", "fits_untiled", "image_buffer_bytes", "is_out_of_memory",
-    "measure_memory_cost", "model_geometry", "model_info", "modelled_memory_cost", "parameter_place",
-    "resolve_device", "resolve_dtype", "tile_layout", "tiled_forward",
-]
+__all__ = ["BIAS_CACHE_SHARE", "RANGE_TOLERANCE", "STREAM_ABOVE_GIB", "Upscaler", "check_pixels", "dihedral"]
 
 ImageT = TypeVar("ImageT")
 
@@ -106,12 +95,6 @@ def check_pixels(image: np.ndarray | torch.Tensor) -> None:
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         raise ValueError(f"float input ranges over [{low:g}, {high:g}]; expected [0, 1] (8-bit data: divide by "
                          f"255 or pass uint8; 16-bit data: divide by 65535 or pass uint16)")
-
-
-def model_geometry(model: nn.Module) -> tuple[int, int]:
-    """(scale, alignment) of a model, from :func:`ribsr.modelinfo.model_info`."""
-    info = model_info(model)
-    return info.scale, info.multiple_of
 
 
 # ---------------------------------------------------------------------- self-ensemble

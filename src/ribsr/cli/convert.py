@@ -26,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ribsr.build import resolve_config
     from ribsr.checkpoint import checkpoint_scale, describe, load_model, read_checkpoint, save_model
-    from ribsr.config import resolve_config
     from ribsr.hub import is_url
 
     if args.dst.exists() and not args.overwrite:

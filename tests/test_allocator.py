@@ -41,3 +41,24 @@ def test_tuned_allocator_keeps_large_tensors_in_the_reusable_heap():
 def test_negative_threshold_is_refused():
     with pytest.raises(ValueError, match="-1"):
         tune_cpu_allocator(-1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux-only")
+def test_one_libc_lookup_serves_tuning_and_trimming(monkeypatch):
+    from ribsr import allocator, memory
+
+    assert allocator.libc() is allocator.libc()  # opened once
+    calls = []
+    monkeypatch.setattr(memory, "malloc_trim", lambda: calls.append("trim") or True)
+    memory.release_cpu_memory()
+    assert calls == ["trim"]
+    if getattr(allocator.libc(), "malloc_trim", None) is not None:
+        assert isinstance(allocator.malloc_trim(), bool)
+
+
+def test_no_c_library_is_a_no_op(monkeypatch):
+    from ribsr import allocator
+
+    monkeypatch.setattr(allocator, "libc", lambda: None)
+    assert allocator.malloc_trim() is False
+    assert allocator.tune_cpu_allocator() is False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 
@@ -14,6 +15,26 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 DEFAULT_THRESHOLD_BYTES = 1 << 30
+
+
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The process's C library (Linux only; None elsewhere or where it cannot be opened)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def malloc_trim() -> bool:
+    """Hand the C heap's free memory back to the system (glibc ``malloc_trim``); False where there is none."""
+    trim = getattr(libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
 
 
 def tune_cpu_allocator(threshold_bytes: int = DEFAULT_THRESHOLD_BYTES) -> bool:
@@ -29,12 +50,8 @@ def tune_cpu_allocator(threshold_bytes: int = DEFAULT_THRESHOLD_BYTES) -> bool:
     """
     if threshold_bytes < 0:
         raise ValueError(f"threshold_bytes must be >= 0, got {threshold_bytes}")
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
+    mallopt = getattr(libc(), "mallopt", None)
+    if mallopt is None:  # not Linux, or musl and others without mallopt
         log.debug("no glibc mallopt: allocator left as it is")
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

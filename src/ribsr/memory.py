@@ -8,10 +8,8 @@ planner (:mod:`ribsr.tiling`) fits images and tiles into.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ribsr.allocator import malloc_trim
 from ribsr.devices import parameter_place
 from ribsr.modelinfo import ModelInfo, model_info
 
@@ -63,11 +62,7 @@ def reset_peak_rss() -> None:
 def release_cpu_memory() -> None:
     """Collect garbage and hand freed heap memory back to the system (glibc ``malloc_trim``)."""
     gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    malloc_trim()
 
 
 def peak_bytes(fn: Callable[[], Any], device: torch.device, release: bool = True) -> float:

@@ -751,7 +751,7 @@ class Trainer:
             if item["gray"]:  # a grayscale file: compare one channel, as ribsr evaluate does
                 sr, gt = sr.mean(0), gt[0]
             for name, m in metrics.items():
-                fn = psnr if m.type in ("calculate_psnr", "psnr") else ssim
+                fn = {"calculate_psnr": psnr, "calculate_ssim": ssim}[m.type]  # aliases normalised by the options
                 sums[name] += fn(sr, gt, crop_border=m.crop_border, y_channel=m.test_y_channel)
         return {name: s / max(1, len(dataset)) for name, s in sums.items()}
 

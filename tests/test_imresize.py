@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -209,3 +210,28 @@ def test_round_clip_is_half_away_from_zero_and_exact():
 def test_rejects_bad_input(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         imresize(*args, **kwargs)
+
+
+@pytest.mark.parametrize("img", [np.zeros((100, 80, 3), np.uint8), torch.zeros(2, 3, 100, 80)], ids=["numpy", "torch"])
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((1e-9,), {}, r"imresize: scale 1e-09 of an image of shape .* needs 1 x 4,000,000,002 resampling weights on "
+                  r"axis \d, more than 16,777,216; when shrinking, the kernel spans 4/scale source pixels"),
+    ((1e5,), {}, r"imresize: scale 100000.0 of an image of shape .* gives a 10,000,000x8,000,000 output, which needs "
+                 r"about [\d,.]+ GiB of memory; [\d,.]+ GiB is free"),
+    ((), {"size": (10**6, 10**6)}, r"imresize: size \(1000000, 1000000\) of .* gives a 1,000,000x1,000,000 output"),
+    ((), {"size": (1e6, 1e6)}, r"imresize: size \(1000000.0, 1000000.0\) of .* 1,000,000x1,000,000 output"),
+])
+def test_a_resize_too_big_is_refused_up_front(img, args, kwargs, match, monkeypatch):
+    """These hung or ran out of memory after a long time; now refused before any work."""
+    module = importlib.import_module("ribsr.imresize")  # ribsr.imresize is also the function's name
+
+    def no_work(*a, **k):
+        raise AssertionError("resized although refused")
+
+    monkeypatch.setattr(module, "_contributions", no_work)
+    with pytest.raises(ValueError, match=match):
+        imresize(img, *args, **kwargs)
+
+
+def test_a_strong_shrink_within_the_weight_limit_works():
+    assert imresize(np.full((50, 60), 7, np.uint8), 1e-3).tolist() == [[7]]  # 1 x 4002 weights per axis

@@ -15,13 +15,17 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-__all__ = ["BOUNDARIES", "imresize"]
+__all__ = ["BOUNDARIES", "MAX_WEIGHTS", "imresize"]
 
 # "symmetric": out-of-range source indices are mirrored (..., 2, 1, 1, 2, ...), current MATLAB.
 # "replicate": out-of-range source indices are clamped to the edge, older MATLAB (e.g. RCAN's LR files).
 BOUNDARIES = ("symmetric", "replicate")
 
 _KERNEL_WIDTH = 4.0  # support of the cubic kernel, in source pixels
+
+# At most this many resampling weights per axis (output pixels x kernel taps; a few float64 arrays of it are
+# built): shrinking by s widens the kernel to 4/s source pixels, so that a scale of 1e-9 asked for 4e9 taps.
+MAX_WEIGHTS = 1 << 24
 
 Image = TypeVar("Image", np.ndarray, torch.Tensor)
 
@@ -144,6 +148,36 @@ def _output_size(
     return out, (out[0] / in_size[0], out[1] / in_size[1])  # type: ignore[return-value]
 
 
+def _check_cost(shape: tuple[int, ...], axes: tuple[int, int], out_size: tuple[int, int],
+                scales: tuple[float, float], antialiasing: bool, itemsize: int, device: torch.device,
+                asked: str) -> None:
+    """Raise ValueError naming ``asked`` (the scale or size given) before any work when the resize cannot be
+    done: more memory than is free for the input, the intermediate and the output (``itemsize`` bytes a sample),
+    or more than :data:`MAX_WEIGHTS` weights on an axis."""
+    rest = math.prod(shape) // (shape[axes[0]] * shape[axes[1]])  # channels, images
+    order = sorted(range(2), key=lambda k: scales[k])
+    mid = [shape[axes[0]], shape[axes[1]]]
+    mid[order[0]] = out_size[order[0]]
+    pixels = shape[axes[0]] * shape[axes[1]] + mid[0] * mid[1] + out_size[0] * out_size[1]
+    need = pixels * rest * itemsize
+    if need > 1 << 28:  # 256 MiB; below, not worth asking the system (imresize runs once per training sample)
+        from ribsr.memory import available_memory
+
+        free = available_memory(device)
+        if need > free:
+            raise ValueError(f"imresize: {asked} of an image of shape {shape} gives a "
+                             f"{out_size[0]:,}x{out_size[1]:,} output, which needs about {need / 2**30:,.1f} GiB of "
+                             f"memory; {free / 2**30:,.1f} GiB is free")
+    for k in range(2):
+        widened = scales[k] < 1 and antialiasing
+        taps = math.ceil(_KERNEL_WIDTH / scales[k] if widened else _KERNEL_WIDTH) + 2
+        if out_size[k] * taps > MAX_WEIGHTS:
+            why = ("; when shrinking, the kernel spans 4/scale source pixels: use a larger scale (or resize in steps)"
+                   if widened else "")
+            raise ValueError(f"imresize: {asked} of an image of shape {shape} needs {out_size[k]:,} x {taps:,} "
+                             f"resampling weights on axis {axes[k]}, more than {MAX_WEIGHTS:,}{why}")
+
+
 def imresize(
     img: Image,
     scale: float | None = None,
@@ -171,6 +205,12 @@ def imresize(
     Returns:
         The resized image, of the same kind, layout and dtype as ``img``. Computation is in
         float64 for integer and float64 input, float32 otherwise.
+
+    Raises:
+        ValueError: for bad arguments, and before any work when the resize cannot be done: a shrink
+            so strong that an axis needs more than :data:`MAX_WEIGHTS` resampling weights (a scale
+            of 1e-9), or an output that would not fit the memory free (a scale of 1e5, a size of
+            1e6 x 1e6); the message names the scale or size given.
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary must be one of {list(BOUNDARIES)}, got {boundary!r}")
@@ -203,6 +243,9 @@ def imresize(
     if min(in_size) == 0:
         raise ValueError(f"cannot resize an empty image of shape {tuple(img.shape)}")
     out_size, scales = _output_size(in_size, scale, size)
+    asked = f"scale {scale!r}" if scale is not None else f"size {size!r}"
+    _check_cost(tuple(img.shape), (h_axis, w_axis), out_size, scales, antialiasing, y.element_size(), y.device,
+                asked)
 
     # MATLAB resizes the axis with the smaller factor first; on a tie, the height first.
     order = sorted(range(2), key=lambda k: scales[k])

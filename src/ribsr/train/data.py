@@ -57,8 +57,8 @@ from ribsr.imresize import imresize
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BACKENDS",
     "IMAGE_EXTENSIONS",
+    "IO_BACKENDS",
     "DataError",
     "DiskStore",
     "DownsampleImageDataset",
@@ -72,7 +72,7 @@ __all__ = [
     "open_store",
 ]
 
-BACKENDS = ("disk", "memory", "lmdb")
+IO_BACKENDS = ("disk", "memory", "lmdb")  # io_backend.type (attention backends: ribsr.model.BACKENDS)
 
 # Seed-sequence tags that keep the epoch shuffles and the per-sample draws on separate streams.
 _SHUFFLE_STREAM = 0
@@ -413,7 +413,7 @@ def open_store(root: str | Path, backend: str = "disk", meta_info_file: str | Pa
     store to the given keys.
     """
     if backend not in _STORES:
-        raise DataError(f"unknown io backend {backend!r} for {root}; choose one of {list(BACKENDS)}")
+        raise DataError(f"unknown io backend {backend!r} for {root}; choose one of {list(IO_BACKENDS)}")
     return _STORES[backend](root, meta_info_file, select)  # type: ignore[call-arg]
 
 

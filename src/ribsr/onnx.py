@@ -27,7 +27,7 @@ from torch import nn
 
 from ribsr.files import atomic_write
 from ribsr.model.attention import WindowAttention, mirror_index
-from ribsr.model.positional import RoPE
+from ribsr.model.positional import RoPE, rotate_pairs
 from ribsr.model.sst import SST
 from ribsr.modelinfo import ModelInfo
 
@@ -54,10 +54,6 @@ DEFAULT_OPSET = 17  # the first with LayerNormalization
 MIN_OPSET = 14
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 INSTALL_HINT = "install the ONNX extra: pip install 'ribsr[onnx]' (onnx and onnxruntime)"
-
-
-class OnnxExportError(ValueError):
-    """An ONNX export could not be made or checked."""
 
 
 def _require(module: str) -> Any:
@@ -120,13 +116,6 @@ class ExportWindowAttention(nn.Module):
             elif self.dense:
                 self.register_buffer("pos_bias", pos.compute_bias(ws, cpu).detach().clone())  # (heads, N, N)
 
-    def _rotate(self, t: torch.Tensor) -> torch.Tensor:
-        """RoPE on channel pairs of t (windows, heads, N, D), in float32."""
-        pairs = t.float().unflatten(-1, (-1, 2))  # (windows, heads, N, D/2, 2)
-        re, im = pairs[..., 0], pairs[..., 1]
-        cos, sin = self.rope_cos, self.rope_sin
-        return torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1).flatten(-2).to(t.dtype)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, c, h, w = x.shape
         ws, heads, shift = self.ws, self.heads, self.shift
@@ -142,7 +131,7 @@ class ExportWindowAttention(nn.Module):
         # (B*nh*nw, N, 3C) -> (3, B*nh*nw, heads, N, D), channel = part*C + head*D + d
         q, k, v = qkv.reshape(-1, ws * ws, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         if self.rope:
-            q, k = self._rotate(q), self._rotate(k)
+            q, k = rotate_pairs(q, self.rope_cos, self.rope_sin), rotate_pairs(k, self.rope_cos, self.rope_sin)
         q = q * (1.0 / math.sqrt(d))
         if self.factors:
             # [q / sqrt(D), q_f] . [k, k_f] = q.k / sqrt(D) + the positional logit
@@ -270,13 +259,6 @@ def max_supported_opset() -> int:
 
 
 # ---------------------------------------------------------------------- running
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file."""
-    ort = _require("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
 class OnnxModel(nn.Module):
     """An exported ``.onnx`` file run by onnxruntime, usable wherever an SST is (:class:`ribsr.Upscaler`,
     :func:`ribsr.tiling.tiled_forward`): (B, 3, H, W) float tensors in, (B, 3, s*H, s*W) float32 out, on the

@@ -338,13 +338,13 @@ class RoPE(PositionalScheme):
         if q.shape[-1] != self.head_dim:
             raise ValueError(f"RoPE was built for head dim {self.head_dim}, got {q.shape[-1]}")
         cos, sin = self._cached("rotation", ws, q.device, lambda: self.compute_rotation(ws, q.device))
-        return _rotate_pairs(q, cos, sin), _rotate_pairs(k, cos, sin)
+        return rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, head_dim={self.head_dim}, theta={self.theta}"
 
 
-def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """(re + i im) * (cos + i sin) on channel pairs of x (windows, heads, N, D), computed in float32."""
     pairs = x.float().unflatten(-1, (-1, 2))  # (windows, heads, N, D/2, 2)
     re, im = pairs[..., 0], pairs[..., 1]

@@ -12,11 +12,24 @@ import sys
 from collections.abc import Sequence
 
 from ribsr.allocator import tune_cpu_allocator
-from ribsr.cli import bench, convert, degrade, evaluate, export, export_onnx, info, train, upscale, verify
+from ribsr.cli import (
+    bench,
+    compare,
+    convert,
+    degrade,
+    evaluate,
+    export,
+    export_onnx,
+    info,
+    serve,
+    train,
+    upscale,
+    verify,
+)
 from ribsr.files import Terminated, terminate_as_exception
 
 # Plain list: adding a command means importing its module and listing it here.
-COMMANDS = [upscale, evaluate, degrade, train, export, export_onnx, verify, convert, info, bench]
+COMMANDS = [upscale, evaluate, compare, serve, degrade, train, export, export_onnx, verify, convert, info, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

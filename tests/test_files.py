@@ -67,3 +67,16 @@ def test_not_a_file_and_check_writable(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["f", "link", "pipe"]
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         check_writable(tmp_path / "f" / "sub")
+
+
+def test_check_file_writable(tmp_path):
+    from ribsr.files import check_file_writable
+
+    (tmp_path / "old.json").write_text("{}")
+    check_file_writable(tmp_path / "old.json")  # an existing file: rewritten in place
+    check_file_writable(tmp_path / "new" / "r.json")  # a new one, in a folder yet to be made
+    assert sorted(os.listdir(tmp_path)) == ["old.json"]
+    with pytest.raises(OSError, match=f"cannot write {tmp_path}: it is a folder, not a file"):
+        check_file_writable(tmp_path)
+    with pytest.raises(NotADirectoryError, match="old.json is not a folder"):
+        check_file_writable(tmp_path / "old.json" / "r.json")

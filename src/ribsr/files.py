@@ -140,6 +140,21 @@ def check_writable(folder: str | Path) -> None:
         raise OSError(exc.errno, f"cannot write into {folder}{where}: {exc.strerror or exc}") from None
 
 
+def check_file_writable(path: str | Path) -> None:
+    """Raise OSError naming ``path`` when it cannot be written: an existing ``path`` that is not a regular file
+    (a folder, a FIFO, ...) or that may not be written; else (a new file) a folder that no file can be created in
+    (:func:`check_writable`). For a file written at the end of a long run, checked at its start."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        what = not_a_file(path)
+        if what is not None:
+            raise OSError(f"cannot write {path}: it is {what}, not a file")
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"cannot write {path}: permission denied (or a read-only file system)")
+        return
+    check_writable(path.parent)
+
+
 def disk_space_hint(path: str | Path) -> str:
     """`` (N MiB free on the disk holding FOLDER)`` for a message about a failed write of ``path``; empty when it
     cannot be told."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,36 @@ def test_table_columns_stay_aligned_for_long_dataset_names():
     lines = format_table(rows).splitlines()
     assert len({line.index("x4") for line in lines[2:]}) == 1  # the scale column starts at one place
     assert lines[0].index("scale") + len("scale") == lines[2].index("x4") + len("x4")
+
+
+@pytest.mark.parametrize("where, message", [
+    ("folder", "--json: cannot write {path}: it is a folder, not a file"),
+    ("fifo", "--json: cannot write {path}: it is a FIFO (named pipe), not a file"),
+    ("under a file", "--json: cannot write into {parent}: {parent} is not a folder"),
+    ("read-only", "--json: cannot write into {parent} (it would be created in /sys)"),
+])
+def test_an_unwritable_json_path_is_refused_before_any_image(dataset, tmp_path, monkeypatch, capsys, where, message):
+    """It was found only after every image was upscaled, and the results were lost."""
+    import os
+
+    import ribsr.evaluate
+
+    path = {"folder": tmp_path / "out.json", "fifo": tmp_path / "pipe.json", "under a file": tmp_path / "f" / "r.json",
+            "read-only": Path("/sys/ribsr-test-json/r.json")}[where]
+    if where == "folder":
+        path.mkdir()
+    elif where == "fifo":
+        os.mkfifo(path)
+    elif where == "under a file":
+        path.parent.write_text("a file")
+    else:
+        try:
+            Path("/sys/ribsr-probe").touch()
+        except OSError:
+            pass
+        else:
+            pytest.skip("/sys is writable here")
+    monkeypatch.setattr(ribsr.evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    rc = main(["evaluate", "--model", "bicubic", "--data", str(dataset), "--scale", "2", "--json", str(path)])
+    assert rc == 2
+    assert message.format(path=path, parent=path.parent) in capsys.readouterr().err

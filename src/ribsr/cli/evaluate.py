@@ -128,8 +128,14 @@ def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
 def run(args: argparse.Namespace) -> int:
     from ribsr.devices import resolve_device
     from ribsr.evaluate import evaluate
+    from ribsr.files import check_file_writable
 
     args.device = str(resolve_device(args.device))  # checked before anything is read, bicubic included
+    if args.json is not None:  # before any image too: an unwritable path was found only at the end
+        try:
+            check_file_writable(args.json)
+        except OSError as exc:
+            raise OSError(f"--json: {exc.strerror if exc.errno and exc.strerror else exc}") from None
     upscale, scale = _upscaler(args)
     results = evaluate(
         upscale, args.data, scale, crop_border=args.crop_border, y_channel=args.y_channel,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ribsr.cli import main
-from ribsr.cli import upscale as upscale_cli
+from ribsr.jobs import Job, discover, output_path
 
 # The stand-in networks are tiny: one thread is faster, and far faster on a busy machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,14 +117,14 @@ def test_outputs_never_leave_the_output_folder(tmp_path, model, monkeypatch):
     rc = main(["upscale", "../x/a.png", str(tmp_path / "deep" / "x" / "a.png"), "-o", "o", "--model", model])
     assert rc == 0
     assert files_under(tmp_path) == ["deep/x/a.png", "deep/x/o/a_x2.png"]
-    job = upscale_cli.Job(tmp_path / "a.png", Path("../../evil"))
+    job = Job(tmp_path / "a.png", Path("../../evil"))
     with pytest.raises(ValueError, match="leave the output folder"):
-        upscale_cli.output_path(job, tmp_path / "o", "_x2", "png")
+        output_path(job, tmp_path / "o", "_x2", "png")
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "link").symlink_to(tmp_path / "deep")  # a folder inside that points outside
-    job = upscale_cli.Job(tmp_path / "a.png", Path("link/a"))
+    job = Job(tmp_path / "a.png", Path("link/a"))
     with pytest.raises(ValueError, match="outside"):
-        upscale_cli.output_path(job, tmp_path / "o", "", "png")
+        output_path(job, tmp_path / "o", "", "png")
 
 
 def test_globs_formats_suffix_and_missing_inputs(tmp_path, model, capsys):
@@ -417,7 +417,7 @@ def test_a_fifo_in_a_folder_is_not_an_image(tmp_path, model, capsys):
     os.symlink(tmp_path / "elsewhere" / "b.png", tmp_path / "in" / "link.png")
     os.mkfifo(tmp_path / "in" / "pipe.png")
     os.symlink(tmp_path / "in" / "pipe.png", tmp_path / "in" / "pipe_link.png")
-    jobs, problems = upscale_cli.discover([str(tmp_path / "in")], False, (tmp_path / "out").resolve())
+    jobs, problems = discover([str(tmp_path / "in")], False, (tmp_path / "out").resolve())
     assert [j.source.name for j in jobs] == ["a.png", "link.png"] and problems == []
 
     timer = _unblock_reader_later(tmp_path / "in" / "pipe.png", 20)

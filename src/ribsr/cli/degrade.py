@@ -109,10 +109,10 @@ def check_existing(out: Path, scale: int, names: set[str], overwrite: bool) -> N
 
 def run(args: argparse.Namespace) -> int:
     from ribsr import __version__
-    from ribsr.cli.upscale import check_output_folder, discover
     from ribsr.degrade import degrade_image, describe, image_rng
     from ribsr.files import atomic_write, check_writable, remove_stale_parts
     from ribsr.imageio import ImageReadError, from_array, read_image, to_array, write_image
+    from ribsr.jobs import check_output_folder, discover
 
     scale, seed, out = args.scale, args.seed, args.output
     degradation, preset_name = _degradation(args)

@@ -4,6 +4,7 @@ is exact, stop signals save, DDP equals one process."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -350,3 +351,24 @@ def test_cli_threads_sets_the_cpu_threads_and_rejects_non_positive(data_dir, tmp
             main(["train", str(opts_path), "--threads", bad])
         assert exc.value.code == 2
         assert repr(bad) in capsys.readouterr().err
+
+
+def test_resume_warns_of_each_optimizer_or_schedule_setting_it_does_not_use(data_dir, tmp_path, one_thread, caplog):
+    """A changed lr was ignored without a word: the optimizer's and scheduler's states carry the checkpoint's."""
+    train(tiny_options(data_dir, total_iter=4), tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="ribsr.train.loop"):
+        Trainer(options_from_dict(tiny_options(data_dir, total_iter=8)), tmp_path / "run", resume="auto",
+                progress=False)
+    assert "keeps the optimizer" not in caplog.text  # a longer run: total_iter is the options'
+    changed = tiny_options(data_dir, total_iter=8)
+    changed["train"]["optim_g"]["lr"] = 1e-3
+    changed["train"]["scheduler"]["milestones"] = [50]
+    with caplog.at_level(logging.WARNING, logger="ribsr.train.loop"):
+        resumed = Trainer(options_from_dict(changed), tmp_path / "run", resume="auto", progress=False)
+    text = caplog.text
+    assert "the options change train.optim_g.lr: 0.002 in the checkpoint, 0.001 in the options; " in text
+    assert "train.scheduler.milestones: [100] in the checkpoint, [50] in the options." in text
+    assert "keeps the optimizer and learning-rate schedule saved in its checkpoint, so these changes are not " \
+           "used" in text
+    assert "ribsr export" in text and "path.pretrain_network_g" in text
+    assert resumed.optimizer.param_groups[0]["initial_lr"] == 2e-3  # what the warning says: the checkpoint's

@@ -16,7 +16,9 @@ Every problem in the file is reported at once, before any work starts.
 
 Several processes: torchrun --nproc_per_node N -m ribsr train OPTIONS.yml (DDP: nccl on CUDA, gloo on
 CPU; batch_size_per_gpu is per process). SIGINT/SIGTERM finish the current step, save a checkpoint and
-exit with 128 + the signal number; --resume auto continues from the newest readable checkpoint.
+exit with 128 + the signal number; --resume auto continues from the newest readable checkpoint. A resumed
+run keeps the optimizer and learning-rate schedule of its checkpoint (train.optim_g, optim_d, scheduler,
+warmup_iter): options that change them are named in a warning and not used; total_iter is the options'.
 A run holds RUN/.lock while it runs: a second ribsr train on the same --run-dir is refused, naming the first.
 """
 

@@ -202,6 +202,29 @@ def _main_scheduler(optimizer: torch.optim.Optimizer, s: SchedulerOptions, warmu
     return lr_scheduler.SequentialLR(optimizer, pieces, milestones=bounds)
 
 
+# The train.* settings a resumed run takes from its checkpoint (the optimizers' and schedulers' states), not from
+# the options: lr, betas, weight_decay, eps, the schedule and its warm-up.
+KEPT_ON_RESUME = ("optim_g", "optim_d", "scheduler", "warmup_iter")
+
+
+def kept_setting_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``train.KEY: OLD in the checkpoint, NEW in the options`` for every setting of :data:`KEPT_ON_RESUME` (and
+    the keys under it) that differs between a checkpoint's ``train`` block and the options'."""
+    changes: list[str] = []
+
+    def walk(old: Any, new: Any, where: str) -> None:
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            for key in sorted(set(old) | set(new), key=str):
+                walk(old.get(key), new.get(key), f"{where}.{key}")
+        elif old != new and not (isinstance(old, list | tuple) and isinstance(new, list | tuple)
+                                 and list(old) == list(new)):
+            changes.append(f"{where}: {old!r} in the checkpoint, {new!r} in the options")
+
+    for key in KEPT_ON_RESUME:
+        walk(stored.get(key), current.get(key), f"train.{key}")
+    return changes
+
+
 def load_pretrained(model: SST, path: Path, param_key: str = "params", strict: bool = True) -> None:
     """Load ``path.pretrain_network_g`` into ``model``: the ``param_key`` entry of a ``.pth`` (else
     ``params_ema``/``params`` as available), or our ``.safetensors``; an upsampler trained for another
@@ -416,6 +439,7 @@ class Trainer:
             if state.get("ema") is None:
                 raise ResumeError(f"{path} holds no EMA weights but train.ema_decay is {self.opts.train.ema_decay}")
             self.ema.load_state_dict(state["ema"])
+        self._warn_kept_settings(path, state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._resume_discriminator(path, state)
@@ -425,6 +449,22 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _warn_kept_settings(self, path: Path, state: dict[str, Any]) -> None:
+        """Warn about each optimizer or learning-rate setting the options change from the checkpoint's: resuming
+        loads the optimizers' and schedulers' states, which hold the checkpoint's values (a changed lr was
+        ignored without a word)."""
+        stored = state.get("options")
+        if not self.dist.is_main or not isinstance(stored, Mapping) or not isinstance(stored.get("train"), Mapping):
+            return
+        changes = kept_setting_changes(stored["train"], self.opts.raw.get("train", {}))
+        if changes:
+            one = len(changes) == 1
+            log.warning("resuming from %s: the options change %s. A resumed run keeps the optimizer and learning-rate "
+                        "schedule saved in its checkpoint, so %s not used; to train with %s, export this run's "
+                        "weights (ribsr export) and start a new run from them (path.pretrain_network_g)",
+                        path, "; ".join(changes), "this change is" if one else "these changes are",
+                        "it" if one else "them")
 
     def _resume_discriminator(self, path: Path, state: dict[str, Any]) -> None:
         if self.disc is None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ribsr import inference
-from ribsr.inference import Upscaler, dihedral
+from ribsr.inference import Upscaler
 from ribsr.memory import (
     MemoryCost,
     image_buffer_bytes,
@@ -22,6 +22,7 @@ from ribsr.memory import (
 )
 from ribsr.modelinfo import ModelInfo, model_info
 from ribsr.tiling import axis_weights, batch_that_fits, choose_tiling, tile_layout, tiled_forward
+from ribsr.transforms import dihedral
 
 # The stand-in networks are tiny: one thread is faster, and far faster on a busy machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -170,16 +171,6 @@ def test_dtypes_a_model_does_not_support_are_refused(nearest_model):
 
 
 # ---------------------------------------------------------------------- self-ensemble
-def test_dihedral_inverse_round_trips_all_eight():
-    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    outs = set()
-    for k in range(8):
-        y = dihedral(x, k)
-        outs.add(tuple(y.flatten().tolist()))
-        torch.testing.assert_close(dihedral(y, k, inverse=True), x, atol=0, rtol=0)
-    assert len(outs) == 8
-
-
 def test_self_ensemble(nearest_model, window_model):
     x = smooth_image(40, 56)
     # nearest upsampling commutes with flips and transposes: the ensemble changes nothing

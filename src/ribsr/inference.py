@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import numbers
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,10 +39,11 @@ from ribsr.tiling import (
     fits_untiled,
     tiled_forward,
 )
+from ribsr.transforms import dihedral
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BIAS_CACHE_SHARE", "RANGE_TOLERANCE", "STREAM_ABOVE_GIB", "Upscaler", "check_pixels", "dihedral"]
+__all__ = ["BIAS_CACHE_SHARE", "RANGE_TOLERANCE", "STREAM_ABOVE_GIB", "Upscaler", "check_pixels"]
 
 ImageT = TypeVar("ImageT")
 
@@ -98,21 +98,6 @@ def check_pixels(image: np.ndarray | torch.Tensor) -> None:
 
 
 # ---------------------------------------------------------------------- self-ensemble
-def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
-    """One of the 8 flips/rotations of the last two axes (k = 0..7: bit 2 transpose, bit 1 vertical
-    flip, bit 0 horizontal flip), or its inverse."""
-    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
-    if k & 4:
-        steps.append(lambda t: t.transpose(-1, -2))
-    if k & 2:
-        steps.append(lambda t: t.flip(-2))
-    if k & 1:
-        steps.append(lambda t: t.flip(-1))
-    for step in reversed(steps) if inverse else steps:
-        x = step(x)
-    return x
-
-
 def _whole_number(name: str, value: object, minimum: int, what: str) -> int:
     """``value`` as an int when it is a whole number >= ``minimum`` (not a bool); else a ValueError naming
     ``name``, what it may be, and ``value``."""

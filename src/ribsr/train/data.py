@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ribsr.degrade import DegradationOptions, SecondOrderDegradation, usm_sharp
 from ribsr.evaluate import IMAGE_EXTENSIONS
 from ribsr.imresize import imresize
+from ribsr.transforms import augment_index, dihedral
 
 log = logging.getLogger(__name__)
 
@@ -426,17 +427,6 @@ def _pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
 
 
-def _dihedral(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
-    """``img`` (H, W, C) flipped left-right, then up-down, then transposed (each if asked)."""
-    if hflip:
-        img = img[:, ::-1]
-    if vflip:
-        img = img[::-1]
-    if transpose:
-        img = img.transpose(1, 0, 2)  # (H, W, C) -> (W, H, C)
-    return img
-
-
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> contiguous float32 (3, H, W) in [0, 1]."""
     chw = np.array(img.transpose(2, 0, 1), dtype=np.float32, order="C")  # (H, W, 3) -> (3, H, W), a copy
@@ -535,7 +525,8 @@ class _SRDataset(Dataset):
         hflip = hflip and self.use_hflip
         vflip = vflip and self.use_rot
         transpose = transpose and self.use_rot
-        return [_dihedral(img, hflip, vflip, transpose) for img in imgs]
+        k = augment_index(hflip, vflip, transpose)
+        return [dihedral(img, k, axes=(0, 1)) for img in imgs]  # (H, W, C) each
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         raise NotImplementedError

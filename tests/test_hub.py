@@ -409,3 +409,57 @@ def test_sigterm_removes_the_part_file(server, torch_home, checkpoint, tmp_path)
     server.files["/sst_tiny_x2.safetensors"] = body
     fetch(url, progress=False)
     assert _cache_files(torch_home) == sorted([other.name, mine.name, "sst_tiny_x2.safetensors"])
+
+
+def test_a_password_in_the_url_is_in_no_message_log_or_file_of_the_commands(server, torch_home, checkpoint, tmp_path,
+                                                                               capsys, caplog):
+    """info printed the URL with its password, and convert recorded it in the file's metadata."""
+    import logging
+
+    from PIL import Image
+    from safetensors import safe_open
+
+    good = "Basic " + base64.b64encode(b"me:s3cret").decode()
+
+    def private(body: bytes) -> Callable[[http.server.BaseHTTPRequestHandler], None]:
+        def handle(h: http.server.BaseHTTPRequestHandler) -> None:
+            if h.headers.get("Authorization") != good:
+                h.send_response(401)
+                h.send_header("WWW-Authenticate", 'Basic realm="models"')
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
+            _send(h, body)
+        return handle
+
+    model = load_model(checkpoint)
+    pth = tmp_path / "SST_tiny_x2.pth"
+    torch.save({"params_ema": model.state_dict()}, pth)
+    config = tmp_path / "tiny.json"
+    config.write_text(model.config.to_json())
+    server.custom["/p/sst_tiny_x2.safetensors"] = private(checkpoint.read_bytes())
+    server.custom["/p/SST_tiny_x2.pth"] = private(pth.read_bytes())
+    base = f"http://me:s3cret@127.0.0.1:{server.httpd.server_address[1]}/p/"
+    Image.new("RGB", (12, 10)).save(tmp_path / "in.png")
+    runs = [
+        (["-v", "info", base + "sst_tiny_x2.safetensors"], 0),
+        (["-v", "convert", base + "SST_tiny_x2.pth", str(tmp_path / "c.safetensors"), "--config", str(config)], 0),
+        (["-v", "upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--model",
+          base + "sst_tiny_x2.safetensors", "--device", "cpu"], 0),
+        (["info", base + "sst_tiny_x2.safetensors", "--sha256", "1" * 64], 2),
+        (["info", base + "missing.pth"], 2),
+        (["info", base.replace("http", "ftp") + "x.pth"], 2),
+        (["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "o2"), "--model", base + "m.onnx",
+          "--config", "light"], 2),
+        (["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "o3"), "--model", base + "m.pth",
+          "--denoise", "0.5"], 2),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for argv, code in runs:
+            assert main(argv) == code, argv
+            captured = capsys.readouterr()
+            shown = captured.out + captured.err + caplog.text
+            assert "127.0.0.1" in shown and "s3cret" not in shown, (argv, shown)
+            caplog.clear()
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as f:
+        assert f.metadata()["source"] == base.replace("me:s3cret@", "") + "SST_tiny_x2.pth"

@@ -519,8 +519,9 @@ def resolve_model(
     """
     if denoise is not None:
         if spec not in (None, REAL_MODEL) or config is not None or sha256 is not None or resize_upsampler:
+            shown = redact(spec) if isinstance(spec, str) else spec
             raise ValueError(f"denoise blends the bundled default and real models; it does not apply to model "
-                             f"{spec!r}" + (" with a config, a SHA-256 or a resized upsampler" if spec in
+                             f"{shown!r}" + (" with a config, a SHA-256 or a resized upsampler" if spec in
                                             (None, REAL_MODEL) else ""))
         path = bundled_model_path(REAL_MODEL, scale)
         real = load_model(path, attention=attention)

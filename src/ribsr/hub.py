@@ -50,6 +50,11 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+def strip_credentials(url: str) -> str:
+    """``url`` without its ``user:password@`` part (if any): what to record of it (a converted file's source)."""
+    return _credentials(url)[0]
+
+
 def _credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     """(``url`` without its ``user:password@`` part, (user, password) or None)."""
     parts = urllib.parse.urlsplit(url)
@@ -295,5 +300,5 @@ def _copy(response: http.client.HTTPResponse, out: BinaryIO, bar: Any, url: str,
 
 __all__ = [
     "DEFAULT_DEADLINE", "DEFAULT_MIN_RATE", "ChecksumError", "DownloadError", "cache_dir", "cached_path", "download",
-    "fetch", "file_sha256", "is_url", "redact",
+    "fetch", "file_sha256", "is_url", "redact", "strip_credentials",
 ]

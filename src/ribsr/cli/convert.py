@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ribsr.build import resolve_config
     from ribsr.checkpoint import checkpoint_scale, describe, load_model, read_checkpoint, save_model
-    from ribsr.hub import is_url
+    from ribsr.hub import is_url, strip_credentials
 
     if args.dst.exists() and not args.overwrite:
         raise FileExistsError(f"{args.dst} exists; pass --overwrite to replace it")
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args.config)
         scale = checkpoint_scale(state, cfg.upsampler) or cfg.scale
     model = load_model(args.src, config=args.config, scale=scale, **fetch)
-    save_model(model, args.dst, metadata={"source": args.src if is_url(args.src) else Path(args.src).name})
+    save_model(model, args.dst, metadata={"source": strip_credentials(args.src) if is_url(args.src)
+                                            else Path(args.src).name})
     print(f"wrote {args.dst}: {describe(model)}")
     return 0

@@ -15,10 +15,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ribsr.checkpoint import describe_state, matching_presets, read_checkpoint
+    from ribsr.hub import redact
 
     state, config = read_checkpoint(args.checkpoint, sha256=args.sha256, progress=not getattr(args, "quiet", False))
     n = sum(v.numel() for v in state.values())
-    print(f"{args.checkpoint}: {len(state)} tensors, {n / 1e6:.3f} M parameters")
+    print(f"{redact(args.checkpoint)}: {len(state)} tensors, {n / 1e6:.3f} M parameters")
     print(f"  shapes: {describe_state(state)}")
     if config is not None:
         print(f"  config: {config.to_json()}")

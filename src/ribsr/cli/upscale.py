@@ -134,15 +134,15 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
     is resized only with ``--resize-upsampler``.
     """
     from ribsr.checkpoint import resolve_model
-    from ribsr.hub import fetch
+    from ribsr.hub import fetch, redact
     from ribsr.onnx import OnnxModel, is_onnx_path
 
     if is_onnx_path(args.model):  # run by onnxruntime; the file's metadata gives scale and alignment
         if getattr(args, "denoise", None) is not None:
             raise ValueError(f"--denoise blends the bundled default and real models; it does not apply to "
-                             f"{args.model}")
+                             f"{redact(args.model)}")
         if args.config is not None:
-            raise ValueError(f"--config does not apply to {args.model}: an ONNX file carries its network")
+            raise ValueError(f"--config does not apply to {redact(args.model)}: an ONNX file carries its network")
         return OnnxModel(fetch(args.model, sha256=args.sha256, progress=not getattr(args, "quiet", False)))
     return resolve_model(args.model, config=args.config, scale=args.scale, device=device, sha256=args.sha256,
                          progress=not getattr(args, "quiet", False), resize_upsampler=args.resize_upsampler,

@@ -13,15 +13,10 @@ from PIL import Image
 
 from ribsr import inference
 from ribsr.inference import Upscaler
-from ribsr.memory import (
-    MemoryCost,
-    image_buffer_bytes,
-    is_out_of_memory,
-    measure_memory_cost,
-    modelled_memory_cost,
-)
+from ribsr.memory import is_out_of_memory, measure_memory_cost
 from ribsr.modelinfo import ModelInfo, model_info
-from ribsr.tiling import axis_weights, batch_that_fits, choose_tiling, tile_layout, tiled_forward
+from ribsr.planning import MemoryCost, batch_that_fits, choose_tiling, image_buffer_bytes, modelled_memory_cost
+from ribsr.tiling import axis_weights, tile_layout, tiled_forward
 from ribsr.transforms import dihedral
 
 # The stand-in networks are tiny: one thread is faster, and far faster on a busy machine.
@@ -487,7 +482,7 @@ def test_light_tiled_vs_untiled_on_set14(datasets_dir):
 
 def test_max_memory_gives_a_quarter_to_the_bias_cache(nearest_model):
     from ribsr.build import build_model
-    from ribsr.memory import GIB
+    from ribsr.planning import GIB
 
     model = build_model("light", n_blocks=1)
     Upscaler(model, max_memory=2)

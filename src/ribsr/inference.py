@@ -20,23 +20,12 @@ from torch import nn
 from ribsr.devices import resolve_device, resolve_dtype
 from ribsr.diskarray import DiskArray, block_rows
 from ribsr.imageio import DecodedImage, from_array, from_pil, to_array, to_pil, write_image
-from ribsr.memory import (
-    GIB,
-    MemoryCost,
-    available_memory,
-    image_buffer_bytes,
-    is_out_of_memory,
-    measure_memory_cost,
-    modelled_memory_cost,
-    release_cpu_memory,
-)
+from ribsr.memory import available_memory, is_out_of_memory, measure_memory_cost, release_cpu_memory
 from ribsr.model.sst import DEFAULT_BIAS_CACHE_BYTES
 from ribsr.modelinfo import model_info
+from ribsr.planning import GIB, MemoryCost, image_buffer_bytes, modelled_memory_cost, plan_tiling
 from ribsr.tiling import (
     Progress,
-    batch_that_fits,
-    choose_tiling,
-    fits_untiled,
     tiled_forward,
 )
 from ribsr.transforms import dihedral
@@ -130,7 +119,7 @@ class Upscaler:
             ``"cpu"``, ``"cuda"``, ...
         self_ensemble: average the outputs of the 8 flips/rotations of the input (8x slower).
         stream_above: in :meth:`upscale_file`, an image whose buffers would take more than this many GiB
-            held in memory (:func:`ribsr.memory.image_buffer_bytes`, about 32 bytes per output pixel) has
+            held in memory (:func:`ribsr.planning.image_buffer_bytes`, about 32 bytes per output pixel) has
             its output assembled in a temporary file beside the output and written from there a block of
             rows at a time (``0``: every image; ``inf``: none). None: :data:`STREAM_ABOVE_GIB`, and
             self-ensemble outputs stay in memory (an explicit value makes them refused above it).
@@ -207,24 +196,9 @@ class Upscaler:
         """(tile side or None for no tiling, tiles per batch) for an (h, w) input (``output_in_memory``
         False: for an output assembled on disk, whose buffers the budget need not hold)."""
         budget = self.max_memory * GIB - self._cache_bytes if self.max_memory else available_memory(self.device)
-        mem = output_in_memory
-        if self.tile == "auto":
-            if fits_untiled(h, w, self.scale, self.align, budget, modelled_memory_cost(self.model, self.info), mem):
-                tile, batch = None, 1  # fits even by the generous model: no need to measure
-            else:
-                tile, batch = choose_tiling(h, w, self.scale, self.align, budget, self.memory_cost,
-                                            output_in_memory=mem)
-        elif self.tile:
-            tile = int(self.tile)
-            batch = self.batch_size or batch_that_fits(h, w, self.scale, self.align, tile, budget,
-                                                       self.memory_cost, output_in_memory=mem)
-        else:
-            tile, batch = None, 1
-        if self.batch_size is not None:
-            batch = self.batch_size
-        if self._tile_cap is not None and (tile is None or tile > self._tile_cap):
-            tile = self._tile_cap
-        return tile, batch
+        return plan_tiling(h, w, self.scale, self.align, budget, self.tile, modelled_memory_cost(self.model, self.info),
+                           lambda: self.memory_cost, batch_size=self.batch_size, tile_cap=self._tile_cap,
+                           output_in_memory=output_in_memory)
 
     def _smaller(self, h: int, w: int, tile: int | None, batch: int) -> tuple[int | None, int] | None:
         if batch > 1:

@@ -1,9 +1,9 @@
-"""Memory: what a forward pass costs, how much is free, and measuring peaks (CUDA counters or /proc).
+"""Memory: how much is free, measuring peaks (CUDA counters or /proc), and measuring what a forward pass costs.
 
 On CUDA peaks come from PyTorch's allocator counters; on Linux CPUs from the process's peak resident
 size (``VmHWM`` in ``/proc/self/status``, reset through ``/proc/self/clear_refs``), which counts
-allocator slack too. :class:`MemoryCost` is the straight line ``fixed + per pixel`` that the tiling
-planner (:mod:`ribsr.tiling`) fits images and tiles into.
+allocator slack too. :func:`measure_memory_cost` gives the :class:`ribsr.planning.MemoryCost` that the
+planner (:mod:`ribsr.planning`) fits images and tiles into.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +19,10 @@ from torch import nn
 
 from ribsr.allocator import malloc_trim
 from ribsr.devices import parameter_place
-from ribsr.modelinfo import ModelInfo, model_info
+from ribsr.modelinfo import ModelInfo
+from ribsr.planning import GIB, MemoryCost, modelled_memory_cost
 
-GIB = 1024**3
 MIB = 1024**2
-
-# Bytes per input pixel and per feature channel for the modelled (unmeasured) cost. Measured on
-# ``light`` x2 on CPU in float32: 2.6-3.8 KB per pixel for 48 channels, i.e. 55-80 per channel
-# (docs/upscale.md); 160 leaves a margin of two or more, so the modelled cost is an upper bound.
-MODELLED_BYTES_PER_PIXEL_PER_CHANNEL = 160.0
-
-
-@dataclass(frozen=True)
-class MemoryCost:
-    """Peak memory of one forward pass as ``fixed_bytes + bytes_per_pixel * (input pixels in a batch)``."""
-
-    fixed_bytes: float
-    bytes_per_pixel: float
-    method: str
-
-    def bytes_for(self, pixels: float) -> float:
-        """Estimated peak bytes of a forward pass over ``pixels`` input pixels."""
-        return self.fixed_bytes + self.bytes_per_pixel * pixels
-
 
 # ---------------------------------------------------------------------- /proc and the allocators
 def proc_status_bytes(key: str) -> int:
@@ -120,33 +100,7 @@ def available_memory(device: torch.device) -> float:
     return 4.0 * GIB
 
 
-# ---------------------------------------------------------------------- a network's cost
-def image_buffer_bytes(h: int, w: int, scale: int, output_in_memory: bool = True) -> float:
-    """Memory for one image's buffers outside the network, per the pipeline of :class:`ribsr.Upscaler`:
-    float32 input (and its copy), float32 output with the weight sum, and the float and integer
-    copies made when the result is encoded (estimate). ``output_in_memory`` False: the output is
-    assembled on disk (:meth:`ribsr.Upscaler.upscale_file`) and only the input and an upscaled alpha
-    channel are counted."""
-    if not output_in_memory:
-        return h * w * (4 * 3 * 2 + scale**2 * 4)
-    return h * w * (4 * 3 * 2 + scale**2 * (4 * 4 + 4 * 3 + 4))
-
-
-def modelled_memory_cost(model: nn.Module, info: ModelInfo | None = None) -> MemoryCost:
-    """A generous estimate of a model's memory cost from its descriptor, without running it.
-
-    Per input pixel: :data:`MODELLED_BYTES_PER_PIXEL_PER_CHANNEL` times the feature width
-    (``info.width``), scaled by the parameter dtype's size. Fixed: twice the largest dense positional
-    bias of one attention layer (``info.bias_bytes``), which the CPU attention path builds once per layer.
-    A rough model meant to over-estimate; :func:`measure_memory_cost` measures.
-    """
-    info = info or model_info(model)
-    _, dtype = parameter_place(model)
-    bits = torch.finfo(dtype).bits
-    return MemoryCost(float(2 * info.bias_bytes), MODELLED_BYTES_PER_PIXEL_PER_CHANNEL * info.width * bits / 32,
-                      "modelled from the configuration")
-
-
+# ---------------------------------------------------------------------- measuring a network's cost
 @torch.no_grad()
 def measure_memory_cost(model: nn.Module, align: int, channels: int = 3, info: ModelInfo | None = None) -> MemoryCost:
     """Measure the peak memory of forward passes on two square inputs, ``n`` and ``2n`` pixels wide

@@ -26,7 +26,7 @@ class ModelInfo:
     of the window sizes for SST). ``dtypes``: the dtypes the network may run in. ``set_bias_cache``: sets
     how many bytes of dense positional biases the network may keep between calls (None: it keeps none).
     ``width`` (feature channels) and ``bias_bytes`` (the largest float32 dense positional bias of one
-    layer) feed the modelled memory cost (:func:`ribsr.memory.modelled_memory_cost`).
+    layer) feed the modelled memory cost (:func:`ribsr.planning.modelled_memory_cost`).
     """
 
     scale: int

@@ -353,7 +353,7 @@ class OnnxModel(nn.Module):
                     raise ValueError(f"{self.path}: {given} disagrees with the network configuration in its "
                                      f"metadata ({META_CONFIG}), which gives {want}")
         width = self.config.dim if self.config is not None else 64
-        from ribsr.memory import MODELLED_BYTES_PER_PIXEL_PER_CHANNEL
+        from ribsr.planning import MODELLED_BYTES_PER_PIXEL_PER_CHANNEL
 
         # The modelled memory cost counts bytes per pixel as 160 per channel of ``width``: onnxruntime also
         # holds a layer's attention scores, so the width is raised to cover them.

@@ -1,10 +1,10 @@
-"""Tiling: running a network over overlapping tiles whose outputs are blended, and planning tile sizes.
+"""Tiling: running a network over overlapping tiles whose outputs are blended (sizes: :mod:`ribsr.planning`).
 
 Windowed attention makes every output pixel depend on the whole image, so an image that does not fit in
 memory is cut into overlapping tiles whose outputs are blended with smooth weights (:func:`tiled_forward`).
 Tile sizes and the tile grid are multiples of the model's alignment unit (:attr:`ModelInfo.multiple_of`,
 the least common multiple of its window sizes), so each tile is cut into the same attention windows as
-the whole image would be. :func:`choose_tiling` picks the tile and batch that fit a memory budget.
+the whole image would be. :func:`ribsr.planning.choose_tiling` picks the tile and batch that fit a memory budget.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from torch import nn
 
 from ribsr.devices import parameter_place
 from ribsr.diskarray import block_rows
-from ribsr.memory import GIB, MemoryCost, image_buffer_bytes
 from ribsr.modelinfo import model_info
 
 log = logging.getLogger(__name__)
@@ -205,54 +204,3 @@ def tiled_forward(
         out[:, :, r0:r0 + rows].div_(sum_y[r0:r0 + rows, None] * sum_x[None, :])
         release()
     return out
-
-
-# ---------------------------------------------------------------------- planning
-def fits_untiled(h: int, w: int, scale: int, align: int, budget_bytes: float, cost: MemoryCost,
-                 output_in_memory: bool = True) -> bool:
-    """Whether an (h, w) image fits ``budget_bytes`` in one forward pass, by ``cost`` (``output_in_memory``:
-    see :func:`ribsr.memory.image_buffer_bytes`)."""
-    hp, wp = -(-h // align) * align, -(-w // align) * align  # the model pads to whole windows
-    return image_buffer_bytes(h, w, scale, output_in_memory) + cost.bytes_for(hp * wp) <= budget_bytes
-
-
-def batch_that_fits(
-    h: int, w: int, scale: int, align: int, tile: int, budget_bytes: float, cost: MemoryCost, max_batch: int = 8,
-    output_in_memory: bool = True,
-) -> int:
-    """How many tiles of side ``tile`` (rounded as :func:`tile_layout` rounds it) fit ``budget_bytes``
-    in one batch, between 1 and ``max_batch``."""
-    tile = max(2 * align, -(-tile // align) * align)
-    th, tw = min(tile, -(-h // align) * align), min(tile, -(-w // align) * align)
-    avail = budget_bytes - image_buffer_bytes(h, w, scale, output_in_memory) - cost.fixed_bytes
-    return int(max(1, min(max_batch, max(avail, 0.0) / cost.bytes_per_pixel // (th * tw))))
-
-
-def choose_tiling(
-    h: int,
-    w: int,
-    scale: int,
-    align: int,
-    budget_bytes: float,
-    cost: MemoryCost,
-    max_batch: int = 8,
-    output_in_memory: bool = True,
-) -> tuple[int | None, int]:
-    """(tile, batch size) whose estimated peak fits ``budget_bytes``: no tiling (None) when the whole
-    image fits, else the largest aligned square tile, then as many tiles per batch as still fit.
-    Never smaller than ``2 * align`` (the budget may then be exceeded). ``output_in_memory`` False: the
-    output is assembled on disk (:func:`ribsr.memory.image_buffer_bytes`)."""
-    buffers = image_buffer_bytes(h, w, scale, output_in_memory) + cost.fixed_bytes
-    if fits_untiled(h, w, scale, align, budget_bytes, cost, output_in_memory):
-        return None, 1
-    avail = budget_bytes - buffers
-    pixels = max(avail, 0.0) / cost.bytes_per_pixel
-    tile = max(2 * align, int(math.sqrt(pixels)) // align * align)
-    if buffers > budget_bytes:  # no tile size can help: the whole input and output are held in memory
-        log.warning("memory budget of %.2f GiB is below what this %dx%d image's own buffers (input, output x%d, "
-                    "encoding copies) and the model's fixed memory need, about %.2f GiB without any tile; using "
-                    "%dx%d tiles anyway", budget_bytes / GIB, w, h, scale, buffers / GIB, tile, tile)
-    elif pixels < tile * tile:
-        log.warning("memory budget of %.2f GiB is below what one %dx%d tile needs; using that tile anyway",
-                    budget_bytes / GIB, tile, tile)
-    return tile, batch_that_fits(h, w, scale, align, tile, budget_bytes, cost, max_batch, output_in_memory)

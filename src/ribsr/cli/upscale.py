@@ -151,7 +151,7 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
 
 def too_large(exc: Any, scale: int, limit: int) -> str:
     """The message for an input refused by ``--max-output-pixels`` (``exc``: an ImageTooLargeError)."""
-    from ribsr.memory import GIB, image_buffer_bytes
+    from ribsr.planning import GIB, image_buffer_bytes
 
     (w, h), s = exc.size, scale
     return (f"{exc.path}: {w}x{h} upscaled x{s} would be {s * w}x{s * h} ({s * s * w * h / 1e6:,.0f} megapixels), "

@@ -263,6 +263,18 @@ def test_onnx_overrides_are_bounded_and_must_agree_with_the_configuration(tmp_pa
         OnnxModel(exported.path, align=4)
 
 
+def test_a_folder_or_fifo_named_onnx_says_what_it_is(tmp_path) -> None:
+    """Both were "no such ONNX file"."""
+    import os
+
+    (tmp_path / "dir.onnx").mkdir()
+    os.mkfifo(tmp_path / "pipe.onnx")
+    with pytest.raises(ValueError, match=r"dir\.onnx: is a folder, not an ONNX file"):
+        OnnxModel(tmp_path / "dir.onnx")
+    with pytest.raises(ValueError, match=r"pipe\.onnx: is a FIFO \(named pipe\), not an ONNX file"):
+        OnnxModel(tmp_path / "pipe.onnx")
+
+
 def test_is_onnx_path() -> None:
     assert is_onnx_path("a/model.onnx") and is_onnx_path(Path("M.ONNX"))
     assert not is_onnx_path(None) and not is_onnx_path("model.safetensors") and not is_onnx_path("default")

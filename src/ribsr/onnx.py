@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ribsr.files import atomic_write
+from ribsr.files import atomic_write, not_a_file
 from ribsr.model.attention import WindowAttention, mirror_index
 from ribsr.model.positional import RoPE, rotate_pairs
 from ribsr.model.sst import SST
@@ -283,8 +283,11 @@ class OnnxModel(nn.Module):
         super().__init__()
         ort = _require("onnxruntime")
         self.path = Path(path)
-        if not self.path.is_file():
+        what = not_a_file(self.path)
+        if what == "not there":
             raise FileNotFoundError(f"no such ONNX file: {self.path}")
+        if what is not None:  # a folder said "no such ONNX file"; a FIFO would block onnxruntime
+            raise ValueError(f"{self.path}: is {what}, not an ONNX file")
         options = ort.SessionOptions()
         if threads is not None:
             if threads < 1:

@@ -41,6 +41,7 @@ def test_cli_help_lists_commands():
 
 def test_the_version_has_one_source():
     import importlib.metadata
+
     import tomllib
 
     import ribsr
@@ -49,3 +50,13 @@ def test_the_version_has_one_source():
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ribsr.__version__"}
     assert importlib.metadata.version("ribsr") == ribsr.__version__  # the installed metadata is built from it
+
+
+def test_ci_runs_the_browser_test_after_the_suite():
+    # The browser test (tests/test_browser.py, marked `browser`, left out of the default run) as docs/compare.md
+    # gives it, run by .ci/run after the README's test command.
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    browser = ".venv/bin/python -m pytest -m browser tests/test_browser.py"
+    assert browser in (REPO / "docs" / "compare.md").read_text() and browser in ci
+    assert ci.index(".venv/bin/python -m pytest") < ci.index(browser)
+    assert "not browser" in (REPO / "pyproject.toml").read_text()

@@ -1,9 +1,11 @@
 /* The before/after viewer of ribsr serve's page and ribsr compare's reports (one file; reports inline it).
  *
  * RibsrCompare.mount(element, {before, after, beforeLabel, afterLabel}) fills element with two stacked images of
- * the same size: the "before" one shows left of a draggable divider, the "after" one right of it. The wheel zooms
- * about the pointer (down to single image pixels, drawn unsmoothed), dragging the picture pans, a double click
- * toggles fit / one image pixel per screen pixel; keys: arrows move the divider, + and - zoom, 0 fits, 1 is 1:1.
+ * the same size: the "before" one shows left of a draggable divider, the "after" one right of it (the divider's
+ * position, data-split, is a fraction of the picture's visible width: all of the view once the picture fills it).
+ * The wheel zooms about the pointer (down to single image pixels, drawn unsmoothed), dragging the picture pans, a
+ * double click toggles fit / one image pixel per screen pixel; keys: arrows move the divider, + and - zoom, 0 fits,
+ * 1 is 1:1.
  * The element's data-split (0..1) and data-zoom (screen pixels per image pixel) follow the view.
  * RibsrCompare.mountAll(root) mounts every element with data-rc-before and data-rc-after attributes.
  */
@@ -63,12 +65,20 @@
       return Math.min(v.w / state.w, v.h / state.h);
     }
 
+    // The divider's range: the picture's visible extent (all of the view once the picture fills it).
+    function span() {
+      var v = viewSize();
+      if (!state.w) return [0, v.w];
+      var left = Math.max(0, state.tx), right = Math.min(v.w, state.tx + state.w * state.zoom);
+      return right > left ? [left, right] : [0, v.w];
+    }
+
     function render() {
       var t = "translate(" + state.tx + "px," + state.ty + "px) scale(" + state.zoom + ")";
       afterImg.style.transform = beforeImg.style.transform = t;
-      var pct = state.split * 100;
-      beforeLayer.style.clipPath = "inset(0 " + (100 - pct) + "% 0 0)";
-      divider.style.left = pct + "%";
+      var s = span(), px = s[0] + state.split * (s[1] - s[0]);
+      beforeLayer.style.clipPath = "inset(0 " + Math.max(0, viewSize().w - px) + "px 0 0)";
+      divider.style.left = px + "px";
       range.value = String(Math.round(state.split * 1000));
       root.classList.toggle("rc-smooth", state.zoom < 1);
       zoomText.textContent = Math.round(state.zoom * 100) + "%";
@@ -135,7 +145,8 @@
       showPixel(ev);
       if (!drag) return;
       if (drag.mode === "split") {
-        setSplit(local(ev)[0] / view.clientWidth);
+        var s = span();
+        setSplit((local(ev)[0] - s[0]) / (s[1] - s[0]));
       } else {
         state.tx = drag.tx + ev.clientX - drag.x;
         state.ty = drag.ty + ev.clientY - drag.y;

@@ -125,7 +125,7 @@ def test_upload_upscaled_and_compared_with_bicubic(server):
 
 def test_model_against_model_with_a_checkpoint_and_tiles(server, tiny_checkpoint):
     status, job = submit(server, png(image(seed=1)), name="a.png", model=str(tiny_checkpoint), compare="default",
-                         tile="8", overlap="4")
+                         tile="16", overlap="4")
     assert status == 202, job
     job = finished(server, job["id"])
     assert job["state"] == "done", job

@@ -576,3 +576,21 @@ def test_denoise_applies_to_the_bundled_pair_only(tmp_path):
         resolve_model("x.safetensors", denoise=0.5)
     with pytest.raises(ValueError, match="with a config"):
         resolve_model("real", config="light", denoise=0.5)
+
+
+def test_load_pretrained_takes_the_param_key_and_resizes_the_upsampler(tmp_path):
+    from ribsr.checkpoint import load_pretrained
+
+    x2 = build_model("light", n_blocks=1, scale=2)
+    other = build_model("light", n_blocks=1, scale=2)
+    pth = tmp_path / "paper.pth"
+    torch.save({"params": x2.state_dict(), "params_ema": other.state_dict()}, pth)
+    target = build_model("light", n_blocks=1, scale=2)
+    load_pretrained(target, pth, param_key="params")  # not params_ema, which read_checkpoint prefers
+    assert all(torch.equal(v, x2.state_dict()[k]) for k, v in target.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"no 'net_g' entry \(path.param_key_g\); it holds \['params', "):
+        load_pretrained(target, pth, param_key="net_g")
+    x3 = build_model("light", n_blocks=1, scale=3)
+    load_pretrained(x3, pth)  # an x2 upsampler resized to x3; the rest as it was
+    assert all(torch.equal(v, x2.state_dict()[k]) for k, v in x3.state_dict().items() if "upsampler" not in k)
+    assert x3.state_dict()["upsampler.up_conv.weight"].shape[0] == 3 * 3 * 3

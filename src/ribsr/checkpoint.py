@@ -41,21 +41,22 @@ def _strip_prefix(state: StateDict) -> StateDict:
 
 
 def read_checkpoint(
-    path: str | Path, sha256: str | None = None, progress: bool = True
+    path: str | Path, sha256: str | None = None, progress: bool = True, param_key: str | None = None
 ) -> tuple[StateDict, SSTConfig | None]:
     """The state dict in a checkpoint file and the config it carries (None for the paper's files).
 
     ``path`` may be an ``http(s)://`` URL, downloaded once into the torch.hub cache (see
     :func:`ribsr.hub.fetch`); with ``sha256`` the file is checked against that hash.
 
-    ``.pth``/``.pt``: a dict with ``params_ema`` and/or ``params`` (``params_ema`` preferred), or a bare
-    state dict, optionally with ``module.`` prefixes; read with ``torch.load(weights_only=True)``.
-    ``.safetensors``: our format, with the config in the metadata.
+    ``.pth``/``.pt``: a dict with ``params_ema`` and/or ``params`` (``params_ema`` preferred; ``param_key``
+    names the one to take, as BasicSR's ``path.param_key_g``), or a bare state dict, optionally with ``module.``
+    prefixes; read with ``torch.load(weights_only=True)``. ``.safetensors``: our format, with the config in the
+    metadata.
     """
-    return _read_local(fetch(path, sha256=sha256, progress=progress), path)
+    return _read_local(fetch(path, sha256=sha256, progress=progress), path, param_key)
 
 
-def _read_local(local: Path, origin: str | Path) -> tuple[StateDict, SSTConfig | None]:
+def _read_local(local: Path, origin: str | Path, param_key: str | None = None) -> tuple[StateDict, SSTConfig | None]:
     """:func:`read_checkpoint` of the local file ``local`` that ``origin`` (a path or URL) gave."""
     what = not_a_file(local)
     if what == "not there":
@@ -63,7 +64,7 @@ def _read_local(local: Path, origin: str | Path) -> tuple[StateDict, SSTConfig |
     if what is not None:
         raise CheckpointError(f"{local}: is {what}, not a checkpoint file")
     try:
-        return read_state(local, "safetensors" if local.suffix == ".safetensors" else "torch")
+        return read_state(local, "safetensors" if local.suffix == ".safetensors" else "torch", param_key)
     except CheckpointError as exc:
         if is_url(origin):  # a cached copy that went bad (or was stored by an older version)
             raise CheckpointError(f"{exc}\n  it is the cached copy of {redact(str(origin))}: delete it to download "
@@ -71,9 +72,10 @@ def _read_local(local: Path, origin: str | Path) -> tuple[StateDict, SSTConfig |
         raise
 
 
-def read_state(path: Path, fmt: str) -> tuple[StateDict, SSTConfig | None]:
+def read_state(path: Path, fmt: str, param_key: str | None = None) -> tuple[StateDict, SSTConfig | None]:
     """The state dict and config of a checkpoint file whose format is ``fmt`` (``"safetensors"`` or ``"torch"``,
-    whatever its name), as :func:`read_checkpoint` reads them; its tensors checked by :func:`check_tensors`."""
+    whatever its name), as :func:`read_checkpoint` reads them (``param_key``: the entry of a ``.pth`` to take);
+    its tensors checked by :func:`check_tensors`."""
     if fmt == "safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -101,7 +103,11 @@ def read_state(path: Path, fmt: str) -> tuple[StateDict, SSTConfig | None]:
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
-    for key in ("params_ema", "params", "state_dict", "model"):  # in order of preference
+    if param_key is not None and not isinstance(obj.get(param_key), Mapping) and ("params" in obj
+                                                                                 or "params_ema" in obj):
+        raise CheckpointError(f"{path}: no {param_key!r} entry (path.param_key_g); it holds {sorted(obj)}")
+    preference = ("params_ema", "params", "state_dict", "model")
+    for key in (param_key, *preference) if param_key else preference:  # in order of preference
         if key in obj and isinstance(obj[key], Mapping):
             log.debug("%s: using %r", path, key)
             obj = obj[key]
@@ -556,6 +562,24 @@ def blend_models(base: SST, other: SST, strength: float) -> SST:
     return model.eval()
 
 
+def load_pretrained(model: SST, path: str | Path, param_key: str = "params", strict: bool = True) -> None:
+    """Load the weights of a training's ``path.pretrain_network_g`` into ``model``: the ``param_key`` entry of a
+    ``.pth`` (a bare state dict as it is), or our ``.safetensors``; an upsampler trained for another scale is
+    resized to the model's (fine-tuning x3/x4 from x2). ``strict`` False logs the missing and unexpected keys."""
+    path = Path(path)
+    state, _ = read_checkpoint(path, param_key=param_key)
+    cfg = model.config
+    src_scale = checkpoint_scale(state, cfg.upsampler)
+    if src_scale is not None and src_scale != cfg.scale:
+        state = resize_upsampler(state, cfg.upsampler, src_scale, cfg.scale)
+        log.info("%s holds x%d weights: resized its upsampler to x%d", path.name, src_scale, cfg.scale)
+    result = model.load_state_dict(state, strict=strict)
+    if not strict and (result.missing_keys or result.unexpected_keys):
+        log.warning("%s: missing keys %s, unexpected keys %s", path.name, result.missing_keys[:8],
+                    result.unexpected_keys[:8])
+    log.info("loaded pretrained weights from %s", path)
+
+
 def describe(model: SST) -> str:
     """One line: preset/scale, parameters, attention path."""
     n = sum(p.numel() for p in model.parameters())
@@ -564,7 +588,7 @@ def describe(model: SST) -> str:
 
 
 __all__ = [
-    "CheckpointError", "checkpoint_scale", "convert_checkpoint", "describe", "fitting_configs",
+    "CheckpointError", "checkpoint_scale", "convert_checkpoint", "describe", "fitting_configs", "load_pretrained",
     "load_model",
     "check_tensors", "matching_presets", "read_checkpoint", "read_state", "resize_upsampler", "resolve_model",
     "save_model", "structure_problems",

@@ -43,7 +43,7 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ribsr.build import build_sst
-from ribsr.checkpoint import CheckpointError, checkpoint_scale, read_checkpoint, resize_upsampler
+from ribsr.checkpoint import CheckpointError, load_pretrained
 from ribsr.config import SSTConfig
 from ribsr.degrade import DegradationOptions
 from ribsr.inference import Upscaler
@@ -223,29 +223,6 @@ def kept_setting_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) 
     for key in KEPT_ON_RESUME:
         walk(stored.get(key), current.get(key), f"train.{key}")
     return changes
-
-
-def load_pretrained(model: SST, path: Path, param_key: str = "params", strict: bool = True) -> None:
-    """Load ``path.pretrain_network_g`` into ``model``: the ``param_key`` entry of a ``.pth`` (else
-    ``params_ema``/``params`` as available), or our ``.safetensors``; an upsampler trained for another
-    scale is resized to the model's (fine-tuning x3/x4 from x2)."""
-    state, _ = read_checkpoint(path)  # checks the file; a bare state dict is used as it is
-    if path.suffix != ".safetensors":
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj.get(param_key), dict):
-            state = {k.removeprefix("module."): v for k, v in obj[param_key].items() if isinstance(v, torch.Tensor)}
-        elif "params" in obj or "params_ema" in obj:
-            raise CheckpointError(f"{path}: no {param_key!r} entry (path.param_key_g); it holds {sorted(obj)}")
-    cfg = model.config
-    src_scale = checkpoint_scale(state, cfg.upsampler)
-    if src_scale is not None and src_scale != cfg.scale:
-        state = resize_upsampler(state, cfg.upsampler, src_scale, cfg.scale)
-        log.info("%s holds x%d weights: resized its upsampler to x%d", path.name, src_scale, cfg.scale)
-    result = model.load_state_dict(state, strict=strict)
-    if not strict and (result.missing_keys or result.unexpected_keys):
-        log.warning("%s: missing keys %s, unexpected keys %s", path.name, result.missing_keys[:8],
-                    result.unexpected_keys[:8])
-    log.info("loaded pretrained weights from %s", path)
 
 
 def build_discriminator(d: DiscriminatorOptions) -> UNetDiscriminatorSN:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ribsr.errors import ProblemsError
 from ribsr.model.layers import GATES
 from ribsr.model.positional import POSITIONAL
 from ribsr.model.upsampler import UPSAMPLERS
@@ -35,14 +36,10 @@ ATTN_TYPE_ALIASES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(ProblemsError):
     """One or more fields of a network configuration are invalid (all are listed)."""
 
-    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
-        self.problems = list(problems)
-        where = f" in {source}" if source else ""
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid SST configuration{where}:\n{lines}")
+    what = "invalid SST configuration"
 
 
 # Inclusive bounds of the numeric fields (see SSTConfig's docstring): wide around the published presets,

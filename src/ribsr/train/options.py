@@ -28,6 +28,7 @@ import yaml
 
 from ribsr.config import ConfigError, SSTConfig
 from ribsr.degrade import DegradationError, DegradationOptions
+from ribsr.errors import ProblemsError
 from ribsr.safeyaml import BoundedLoader, YAMLFileError, load_yaml_text, problem, read_text
 from ribsr.train.losses import GAN_TYPES, VGG_TYPES, vgg_layer_names
 
@@ -41,15 +42,10 @@ __all__ = [
 ]
 
 
-class OptionsError(ValueError):
+class OptionsError(ProblemsError):
     """One or more problems in training options (all are listed, each with its key path)."""
 
-    def __init__(self, problems: Sequence[str], source: str | Path | None = None) -> None:
-        self.problems = list(problems)
-        self.source = None if source is None else str(source)
-        where = f" in {self.source}" if self.source else ""
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid training options{where}:\n{lines}")
+    what = "invalid training options"
 
 
 def _opt(default: Any = MISSING, *, choices: Sequence[str] | None = None, aliases: Mapping[str, str] | None = None,

@@ -463,3 +463,28 @@ def test_a_password_in_the_url_is_in_no_message_log_or_file_of_the_commands(serv
             caplog.clear()
     with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as f:
         assert f.metadata()["source"] == base.replace("me:s3cret@", "") + "SST_tiny_x2.pth"
+
+
+def test_a_response_head_sent_a_byte_at_a_time_is_given_up_in_bounded_time(server, torch_home, checkpoint):
+    """The status line and headers trickled (a byte every 0.05 s, never a read timeout): the deadline and the
+    minimum rate applied to the body only, so this never ended."""
+    body = checkpoint.read_bytes()
+
+    def trickle(h: http.server.BaseHTTPRequestHandler) -> None:
+        head = (f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n" + "X-Slow: " + "a" * 10_000 + "\r\n\r\n").encode()
+        try:
+            for i in range(len(head)):
+                h.wfile.write(head[i:i + 1])
+                h.wfile.flush()
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    server.custom["/sst_tiny_x2.safetensors"] = trickle
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"no answer \(status line and headers\) within 0\.6 s of the request"):
+        fetch(server.url("/sst_tiny_x2.safetensors"), progress=False, timeout=0.3)
+    assert time.monotonic() - start < 3 and _cache_files(torch_home) == []
+    server.custom.pop("/sst_tiny_x2.safetensors")
+    server.files["/sst_tiny_x2.safetensors"] = body
+    assert fetch(server.url("/sst_tiny_x2.safetensors"), progress=False, timeout=0.3).is_file()  # a prompt one

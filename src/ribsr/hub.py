@@ -12,7 +12,9 @@ import http.client
 import logging
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -174,6 +176,68 @@ def _check_readable(tmp: Path, dest: Path, url: str) -> None:
         raise DownloadError(f"{url}: the file received is not a readable checkpoint; not stored:\n  {exc}") from None
 
 
+class _Watchdog:
+    """Shuts the sockets of a request down when it has not been answered in time: the per-read timeout does not
+    bound a response head (status line and headers) that comes a byte at a time."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.fired:
+                self._shut(sock)
+
+    def arm(self, seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:  # the plain socket's shutdown, under TLS too: the blocked read in the main thread returns
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _watched_handlers(watchdog: _Watchdog) -> list[urllib.request.BaseHandler]:
+    """HTTP and HTTPS handlers whose connections (redirects and authentication retries included) ``watchdog``
+    can shut down."""
+
+    def watched(cls: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+        class Watched(cls):  # type: ignore[valid-type,misc]
+            def connect(self) -> None:
+                super().connect()
+                watchdog.add(self.sock)
+
+        return Watched
+
+    class HTTP(urllib.request.HTTPHandler):
+        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    return [HTTP(), HTTPS()]
+
+
 def download(url: str, sha256: str | None = None, progress: bool = True, timeout: float = 60.0, *,
              deadline: float = DEFAULT_DEADLINE, min_rate: float = DEFAULT_MIN_RATE) -> Path:
     """Download ``url`` into the cache and return its path, replacing any cached copy.
@@ -186,9 +250,10 @@ def download(url: str, sha256: str | None = None, progress: bool = True, timeout
     :class:`ChecksumError`) names the URL (its password hidden) and the problem. ``.part`` files that a killed
     download left are removed first. ``progress`` shows a bar on stderr when it is a terminal.
 
-    ``timeout`` (seconds) bounds connecting and each read; ``deadline`` the whole download; and every span of
-    ``timeout`` seconds must bring ``min_rate`` bytes a second. A ``user:password@`` in the URL is answered
-    to the server's Basic authentication (sent only to that URL).
+    ``timeout`` (seconds) bounds connecting and each read, and twice it (at most ``deadline``) the wait for the
+    response's status line and headers (a server may send them a byte at a time); ``deadline`` bounds the whole
+    download; and every span of ``timeout`` seconds must bring ``min_rate`` bytes a second. A ``user:password@``
+    in the URL is answered to the server's Basic authentication (sent only to that URL).
     """
     from tqdm import tqdm
 
@@ -208,7 +273,8 @@ def download(url: str, sha256: str | None = None, progress: bool = True, timeout
         passwords = urllib.request.HTTPPasswordMgrWithPriorAuth()
         passwords.add_password(None, target, *credentials, is_authenticated=True)
         handlers.append(urllib.request.HTTPBasicAuthHandler(passwords))
-    opener = urllib.request.build_opener(*handlers)
+    watchdog = _Watchdog()
+    opener = urllib.request.build_opener(*handlers, *_watched_handlers(watchdog))
     request = urllib.request.Request(target, headers={"User-Agent": f"ribsr/{__version__}",
                                                       "Accept-Encoding": "identity"})
     log.info("downloading %s to %s", shown, dest)
@@ -218,13 +284,25 @@ def download(url: str, sha256: str | None = None, progress: bool = True, timeout
     with terminate_as_exception():  # SIGTERM/SIGHUP raise, so that the .part file below is removed
         try:
             with open(tmp, "xb") as out:
+                head_limit = min(2 * timeout, deadline)
+                slow_head = DownloadError(f"{shown}: no answer (status line and headers) within {head_limit:g} s of "
+                                          "the request; the server is too slow or stalled")
+                watchdog.arm(head_limit)
                 try:
                     response = opener.open(request, timeout=timeout)
                 except urllib.error.HTTPError as exc:
-                    raise DownloadError(f"{shown}: HTTP {exc.code} {exc.reason}") from None
-                except (urllib.error.URLError, OSError) as exc:
+                    raise slow_head if watchdog.fired else DownloadError(f"{shown}: HTTP {exc.code} {exc.reason}") \
+                        from None
+                except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                    if watchdog.fired:
+                        raise slow_head from None
                     reason = getattr(exc, "reason", exc)
                     raise DownloadError(f"{shown}: cannot connect ({reason})") from None
+                finally:
+                    watchdog.disarm()
+                if watchdog.fired:  # a head cut short by the shutdown may parse as a whole (empty) answer
+                    response.close()
+                    raise slow_head
                 with response:
                     kind = response.headers.get("Content-Type", "")
                     if kind.split(";")[0].strip().lower() == "text/html":

@@ -488,3 +488,16 @@ def test_a_response_head_sent_a_byte_at_a_time_is_given_up_in_bounded_time(serve
     server.custom.pop("/sst_tiny_x2.safetensors")
     server.files["/sst_tiny_x2.safetensors"] = body
     assert fetch(server.url("/sst_tiny_x2.safetensors"), progress=False, timeout=0.3).is_file()  # a prompt one
+
+
+def test_a_whole_body_on_a_connection_left_open_is_taken(server, torch_home, checkpoint):
+    """The body is read to the end of the connection (so that one longer than announced shows): a server that
+    keeps it open after the announced bytes stalled the download, which was then refused."""
+    body = checkpoint.read_bytes()
+
+    def keep_open(h: http.server.BaseHTTPRequestHandler) -> None:
+        _send(h, body)
+        time.sleep(1.5)
+
+    server.custom["/sst_tiny_x2.safetensors"] = keep_open
+    assert fetch(server.url("/sst_tiny_x2.safetensors"), progress=False, timeout=0.3).read_bytes() == body

@@ -350,6 +350,8 @@ def _copy(response: http.client.HTTPResponse, out: BinaryIO, bar: Any, url: str,
             received += len(exc.partial)
             raise DownloadError(f"{url}: the download was cut short: received {received} bytes{of_total}") from None
         except TimeoutError:
+            if total is not None and received == total:
+                return received  # all that was announced; the server kept the connection open (read to its end)
             raise DownloadError(f"{url}: the download stalled: no data for {timeout:g} s after {received} "
                                 f"bytes{of_total}") from None
         except OSError as exc:

@@ -24,7 +24,7 @@ def dataset(tmp_path):
 def test_every_network_command_documents_the_same_device_values():
     parser = build_parser()
     helps = {}
-    for name in ("upscale", "evaluate", "bench attention", "bench model"):
+    for name in ("upscale", "evaluate", "compare", "serve", "bench attention", "bench model"):
         sub = parser
         for word in name.split():
             sub = next(a for a in sub._actions if a.dest in ("command", "bench_command") or

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import non_negative, positive, unit_interval
-from ribsr.cli.upscale import DEFAULT_MAX_OUTPUT_PIXELS, _pixels, _tile, discover
+from ribsr.cli.argtypes import add_device, non_negative, positive, unit_interval
+from ribsr.cli.upscale import DEFAULT_MAX_OUTPUT_PIXELS, _pixels, _tile
+from ribsr.jobs import discover
 
 EPILOG = """\
 With one --model the report compares bicubic (left) with it (right); with two, the first (left) with the second
@@ -63,7 +64,7 @@ def add_parser(subparsers: Any) -> None:
                    help="refuse inputs whose output would have more pixels, checked before decoding "
                    "(default: %(default)s = 16384x16384; 0: no limit)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_device(p)
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of INPUT folders")
     p.set_defaults(func=run)
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ribsr.cli.argtypes import positive
+from ribsr.cli.argtypes import add_device, positive
 from ribsr.cli.upscale import DEFAULT_MAX_OUTPUT_PIXELS, _pixels
 
 EPILOG = """\
@@ -49,7 +49,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--max-memory", type=positive(float), default=None, metavar="GB",
                    help="memory budget in GiB for one image's activations and buffers (as ribsr upscale)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU; default), cpu, cuda, cuda:N")
+    add_device(p)
     p.set_defaults(func=run)
 
 

@@ -501,3 +501,22 @@ def test_a_whole_body_on_a_connection_left_open_is_taken(server, torch_home, che
 
     server.custom["/sst_tiny_x2.safetensors"] = keep_open
     assert fetch(server.url("/sst_tiny_x2.safetensors"), progress=False, timeout=0.3).read_bytes() == body
+
+
+def test_a_bad_cached_onnx_file_says_how_to_clear_it(server, torch_home, checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from PIL import Image
+
+    from ribsr.onnx import export_onnx
+
+    onnx_file = export_onnx(load_model(checkpoint), tmp_path / "tiny_x2.onnx", check=False)
+    server.files["/tiny_x2.onnx"] = onnx_file.read_bytes()
+    url = server.url("/tiny_x2.onnx")
+    cached = fetch(url, progress=False)
+    cached.write_bytes(cached.read_bytes()[:1000])  # damaged on disk
+    Image.new("RGB", (12, 10)).save(tmp_path / "in.png")
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--model", url]) == 2
+    err = capsys.readouterr().err
+    assert "not a model onnxruntime can load" in err
+    assert f"it is the cached copy of {url}: delete it to download it again (rm {cached})" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -134,7 +135,7 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
     is resized only with ``--resize-upsampler``.
     """
     from ribsr.checkpoint import resolve_model
-    from ribsr.hub import fetch, redact
+    from ribsr.hub import fetch, is_url, redact
     from ribsr.onnx import OnnxModel, is_onnx_path
 
     if is_onnx_path(args.model):  # run by onnxruntime; the file's metadata gives scale and alignment
@@ -143,7 +144,14 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
                              f"{redact(args.model)}")
         if args.config is not None:
             raise ValueError(f"--config does not apply to {redact(args.model)}: an ONNX file carries its network")
-        return OnnxModel(fetch(args.model, sha256=args.sha256, progress=not getattr(args, "quiet", False)))
+        local = fetch(args.model, sha256=args.sha256, progress=not getattr(args, "quiet", False))
+        try:
+            return OnnxModel(local)
+        except ValueError as exc:
+            if not is_url(args.model):
+                raise
+            raise ValueError(f"{exc}\n  it is the cached copy of {redact(args.model)}: delete it to download it "
+                             f"again (rm {shlex.quote(str(local))})") from None
     return resolve_model(args.model, config=args.config, scale=args.scale, device=device, sha256=args.sha256,
                          progress=not getattr(args, "quiet", False), resize_upsampler=args.resize_upsampler,
                          denoise=getattr(args, "denoise", None))

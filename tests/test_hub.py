@@ -281,6 +281,21 @@ def _send(handler, body: bytes, length: int | None = None, pause: float = 0.0, c
         pass
 
 
+
+def _basic_auth(body: bytes, credentials: str) -> Callable[[http.server.BaseHTTPRequestHandler], None]:
+    """A handler that answers ``body`` to requests with HTTP Basic ``credentials`` ("user:password"), else 401."""
+    good = "Basic " + base64.b64encode(credentials.encode()).decode()
+
+    def handle(h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.headers.get("Authorization") != good:
+            h.send_response(401)
+            h.send_header("WWW-Authenticate", 'Basic realm="models"')
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        _send(h, body)
+    return handle
+
 def test_a_compressed_body_is_refused_and_identity_is_asked_for(server, torch_home, checkpoint):
     import gzip
 
@@ -346,18 +361,7 @@ def test_a_trickle_trips_the_minimum_rate_and_the_deadline(server, torch_home, c
 
 
 def test_a_password_in_the_url_is_never_shown_and_is_used(server, torch_home, checkpoint):
-    good = "Basic " + base64.b64encode(b"me:s3cret").decode()
-
-    def private(h):
-        if h.headers.get("Authorization") != good:
-            h.send_response(401)
-            h.send_header("WWW-Authenticate", 'Basic realm="models"')
-            h.send_header("Content-Length", "0")
-            h.end_headers()
-            return
-        _send(h, checkpoint.read_bytes())
-
-    server.custom["/private/sst_tiny_x2.safetensors"] = private
+    server.custom["/private/sst_tiny_x2.safetensors"] = _basic_auth(checkpoint.read_bytes(), "me:s3cret")
     port = server.httpd.server_address[1]
     wrong = f"http://me:wrong@127.0.0.1:{port}/private/sst_tiny_x2.safetensors"
     with pytest.raises(DownloadError) as info:
@@ -419,18 +423,8 @@ def test_a_password_in_the_url_is_in_no_message_log_or_file_of_the_commands(serv
     from PIL import Image
     from safetensors import safe_open
 
-    good = "Basic " + base64.b64encode(b"me:s3cret").decode()
-
     def private(body: bytes) -> Callable[[http.server.BaseHTTPRequestHandler], None]:
-        def handle(h: http.server.BaseHTTPRequestHandler) -> None:
-            if h.headers.get("Authorization") != good:
-                h.send_response(401)
-                h.send_header("WWW-Authenticate", 'Basic realm="models"')
-                h.send_header("Content-Length", "0")
-                h.end_headers()
-                return
-            _send(h, body)
-        return handle
+        return _basic_auth(body, "me:s3cret")
 
     model = load_model(checkpoint)
     pth = tmp_path / "SST_tiny_x2.pth"

@@ -15,7 +15,6 @@ from ribsr.imageio import (
     ImageReadError,
     apply_orientation,
     from_pil,
-    output_format,
     read_image,
     write_image,
 )
@@ -221,14 +220,6 @@ def test_formats_that_cannot_hold_alpha_or_16_bits_say_so(tmp_path):
         assert im.format == "JPEG" and im.mode == "RGB"
     with pytest.raises(ValueError, match="GIF"):
         write_image(img, tmp_path / "o.gif", "GIF")
-
-
-def test_output_format():
-    img = DecodedImage(rgb=np.zeros((1, 1, 3), np.float32), format="JPEG")
-    assert output_format(img, "png") == "PNG"
-    assert output_format(img, "same") == "JPEG"
-    img.format = "GIF"
-    assert output_format(img, "same") == "PNG"
 
 
 def test_read_array_gives_the_8bit_pixels_metrics_are_computed_on(tmp_path):

@@ -609,14 +609,6 @@ def _write_tiff16(img: DecodedImage, f: BinaryIO) -> None:
     tifffile.imwrite(f, planes[..., 0] if n == 1 else planes, **_tiff_layout(n, img))
 
 
-def output_format(img: DecodedImage, fmt: str) -> str:
-    """The Pillow format to write: ``fmt`` is ``"png"``, ``"same"`` (the input's) or a format name."""
-    name = img.format if fmt.lower() == "same" else fmt
-    name = (name or "PNG").upper()
-    name = {"JPG": "JPEG", "TIF": "TIFF"}.get(name, name)
-    return name if name in FORMATS else "PNG"
-
-
 def _encode(img: DecodedImage, fmt: str, f: BinaryIO, rows: int | None = None,
             release: Callable[[], None] | None = None) -> list[str]:
     """Write ``img`` to ``f`` in Pillow format ``fmt``; returns notes on what the format could not hold.

@@ -124,7 +124,7 @@ def test_shipped_real_world_recipe_parses_and_finds_its_data() -> None:
     assert opts.train_data.type == "RealESRGANDataset" and opts.train_data.gt_size == 192
     assert opts.degradation is not None and opts.degradation.problems() == []
     assert opts.degradation.jpeg_range == (30, 95) and opts.degradation.second_order_prob == 0.3
-    assert (opts.degradation.bicubic_prob, opts.degradation.bicubic_jpeg_prob) == (0.5, 0.7)
+    assert (opts.degradation.bicubic_prob, opts.degradation.bicubic_jpeg_prob) == (0.7, 0.55)
     assert not opts.usm.gt_usm
     assert [d.name for d in opts.val_data.values()] == ["Set5", "Set14_degraded"]
     assert opts.path.pretrain_network_g == REPO / "src" / "ribsr" / "assets" / "ribsr-default-x4.safetensors"

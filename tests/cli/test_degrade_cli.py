@@ -151,7 +151,7 @@ def test_options_file_plain_mapping_and_training_file(photos, tmp_path):
     assert main(["degrade", str(photos / "alpha.png"), "-o", str(out), "--scale", "4", "--options", str(recipe)]) == 0
     doc = json.loads((out / "degradation.json").read_text())
     assert doc["options"]["final_sinc_prob"] == 0.3 and doc["options"]["blur_sigma"] == [0.2, 1.0]
-    assert doc["options"]["bicubic_prob"] == 0.5
+    assert doc["options"]["bicubic_prob"] == 0.7
 
 
 def test_argument_errors(photos, tmp_path, capsys):

@@ -49,3 +49,31 @@ DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
 def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     """``--device``, with the same values in every command (resolved by :func:`ribsr.devices.resolve_device`)."""
     p.add_argument("--device", default=default, metavar="DEVICE", help=f"{DEVICE_HELP} (default: {default})")
+
+
+# --max-output-pixels of upscale, compare and serve: inputs whose output would have more pixels are refused.
+DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
+
+
+def tile_size(value: str) -> int | str:
+    """``--tile``: ``auto`` or a side in pixels (0: no tiling)."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of pixels, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"tile must be >= 0, got {n}")
+    return n
+
+
+def pixel_count(value: str) -> int:
+    """``--max-output-pixels``: a number of pixels, 0 for no limit (``1e8`` accepted)."""
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {value!r}") from None
+    if not n >= 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: no limit), got {value}")
+    return int(n)

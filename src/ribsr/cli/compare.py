@@ -8,8 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import add_device, non_negative, positive, unit_interval
-from ribsr.cli.upscale import DEFAULT_MAX_OUTPUT_PIXELS, _pixels, _tile
+from ribsr.cli.argtypes import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    add_device,
+    non_negative,
+    pixel_count,
+    positive,
+    tile_size,
+    unit_interval,
+)
 from ribsr.jobs import discover
 
 EPILOG = """\
@@ -54,13 +61,13 @@ def add_parser(subparsers: Any) -> None:
                    help="the same for the second model")
     p.add_argument("--config", default=None,
                    help="network configuration (preset or YAML) for checkpoints without one (both models)")
-    p.add_argument("--tile", type=_tile, default="auto", metavar="N",
+    p.add_argument("--tile", type=tile_size, default="auto", metavar="N",
                    help="tile side in input pixels, 0 for no tiling, or auto (default)")
     p.add_argument("--tile-overlap", type=non_negative(int), default=None, metavar="P",
                    help="minimum tile overlap in input pixels (default: the model's largest window)")
     p.add_argument("--max-memory", type=positive(float), default=None, metavar="GB",
                    help="memory budget in GiB for one image's activations and buffers")
-    p.add_argument("--max-output-pixels", type=_pixels, default=DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
+    p.add_argument("--max-output-pixels", type=pixel_count, default=DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
                    help="refuse inputs whose output would have more pixels, checked before decoding "
                    "(default: %(default)s = 16384x16384; 0: no limit)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")

@@ -6,8 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ribsr.cli.argtypes import add_device, positive
-from ribsr.cli.upscale import DEFAULT_MAX_OUTPUT_PIXELS, _pixels
+from ribsr.cli.argtypes import DEFAULT_MAX_OUTPUT_PIXELS, add_device, pixel_count, positive
 
 EPILOG = """\
 Open the printed address in a browser: drop or pick images, choose the model (the bundled default model at
@@ -35,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)")
     p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0: a free one)")
-    p.add_argument("--max-output-pixels", type=_pixels, default=DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
+    p.add_argument("--max-output-pixels", type=pixel_count, default=DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
                    help="refuse images whose output would have more pixels, before decoding them (default: "
                    "%(default)s = 16384x16384, as ribsr upscale; 0: no limit)")
     p.add_argument("--max-upload-mb", type=positive(float), default=512, metavar="MB",

@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import add_device, non_negative, positive, unit_interval
+from ribsr.cli.argtypes import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    add_device,
+    non_negative,
+    pixel_count,
+    positive,
+    tile_size,
+    unit_interval,
+)
 from ribsr.jobs import (
     Job,
     check_output_folder,
@@ -37,22 +45,6 @@ The exit status is 0 when every image was written or skipped, 1 when any failed.
 """
 
 
-def _tile(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of pixels, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"tile must be >= 0, got {n}")
-    return n
-
-
-# Inputs whose output would have more pixels are refused.
-DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
-
-
 def _gib_or_inf(value: str) -> float:
     try:
         v = float(value)
@@ -62,15 +54,6 @@ def _gib_or_inf(value: str) -> float:
         raise argparse.ArgumentTypeError(f"must be >= 0 (0: every image; inf: none), got {value}")
     return v
 
-
-def _pixels(value: str) -> int:
-    try:
-        n = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {value!r}") from None
-    if not n >= 0 or n == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be >= 0 (0: no limit), got {value}")
-    return int(n)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -101,13 +84,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--resize-upsampler", action="store_true",
                    help="load weights of another scale by resizing their upsampler to --scale (for fine-tuning/"
                    "experiments: the resized upsampler is untrained)")
-    p.add_argument("--tile", type=_tile, default="auto", metavar="N",
+    p.add_argument("--tile", type=tile_size, default="auto", metavar="N",
                    help="tile side in input pixels, 0 for no tiling, or auto (default)")
     p.add_argument("--tile-overlap", type=non_negative(int), default=None, metavar="P",
                    help="minimum tile overlap in input pixels (default: the model's largest window)")
     p.add_argument("--batch-size", type=positive(int), default=None,
                    help="tiles per forward pass (default: as many as fit the memory budget, at most 8)")
-    p.add_argument("--max-output-pixels", type=_pixels, default=DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
+    p.add_argument("--max-output-pixels", type=pixel_count, default=DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
                    help="refuse inputs whose output would have more pixels, checked before decoding "
                    "(default: %(default)s = 16384x16384; 0: no limit)")
     p.add_argument("--max-memory", type=positive(float), default=None, metavar="GB",

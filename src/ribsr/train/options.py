@@ -27,7 +27,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from ribsr.config import ConfigError, SSTConfig
-from ribsr.degrade import DegradationError, DegradationOptions
+from ribsr.degrade import DEGRADATION_KEYS, DegradationError, DegradationOptions
 from ribsr.errors import ProblemsError
 from ribsr.safeyaml import BoundedLoader, YAMLFileError, load_yaml_text, problem, read_text
 from ribsr.train.losses import GAN_TYPES, VGG_TYPES, vgg_layer_names
@@ -381,10 +381,8 @@ _IGNORED_IN: dict[type, frozenset[str]] = {
 _TOP_KEYS = ("name", "scale", "manual_seed", "network_g", "network_d", "datasets", "train", "val", "logger", "path",
              "degradation", "gt_size", *(f.name for f in dataclasses.fields(UsmOptions)))
 # Real-ESRGAN's degradation keys: the stages' at the top of its option files (or in a ``degradation`` block), the
-# kernels' in ``datasets.train``; any of them may stand in any of the three places, once.
-DEGRADATION_KEYS = frozenset(f.name for f in dataclasses.fields(DegradationOptions))
-# Keys of a ``degradation`` block as other Real-ESRGAN-style code writes it, besides DEGRADATION_KEYS.
-_DEGRADATION_BLOCK_EXTRA = ("sf", "gt_size", "use_sharp", "resize_back")
+# kernels' in ``datasets.train`` (ribsr.degrade.DEGRADATION_KEYS); any of them may stand in any of the three
+# places, once.
 
 
 # ---------------------------------------------------------------------- the converter

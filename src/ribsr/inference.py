@@ -1,8 +1,8 @@
 """Upscaling whole images with a super-resolution network: :class:`Upscaler`.
 
-It wraps device and dtype, a tile size chosen to fit a memory budget (:mod:`ribsr.tiling`,
-:mod:`ribsr.memory`), retries with smaller tiles when memory runs out, the 8-fold self-ensemble, and
-PIL/numpy/tensor images. The names that used to live here (tiling, memory, devices) are re-exported.
+It wraps device and dtype, a tile size chosen to fit a memory budget (:mod:`ribsr.planning`,
+:mod:`ribsr.memory`, :mod:`ribsr.tiling`), retries with smaller tiles when memory runs out, the 8-fold
+self-ensemble (:func:`ribsr.transforms.dihedral`), and PIL/numpy/tensor images.
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ from ribsr.memory import available_memory, is_out_of_memory, measure_memory_cost
 from ribsr.model.sst import DEFAULT_BIAS_CACHE_BYTES
 from ribsr.modelinfo import model_info
 from ribsr.planning import GIB, MemoryCost, image_buffer_bytes, modelled_memory_cost, plan_tiling
-from ribsr.tiling import (
-    Progress,
-    tiled_forward,
-)
+from ribsr.tiling import Progress, tiled_forward
 from ribsr.transforms import dihedral
 
 log = logging.getLogger(__name__)
@@ -86,7 +83,7 @@ def check_pixels(image: np.ndarray | torch.Tensor) -> None:
                          f"255 or pass uint8; 16-bit data: divide by 65535 or pass uint16)")
 
 
-# ---------------------------------------------------------------------- self-ensemble
+# ---------------------------------------------------------------------- settings
 def _whole_number(name: str, value: object, minimum: int, what: str) -> int:
     """``value`` as an int when it is a whole number >= ``minimum`` (not a bool); else a ValueError naming
     ``name``, what it may be, and ``value``."""

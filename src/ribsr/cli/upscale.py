@@ -55,7 +55,6 @@ def _gib_or_inf(value: str) -> float:
     return v
 
 
-
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "upscale",

@@ -378,11 +378,11 @@ _IGNORED_IN: dict[type, frozenset[str]] = {
     PathOptions: frozenset({"experiments_root", "models", "training_states", "log", "visualization", "root",
                             "results_root"}),
 }
+# Top-level keys besides Real-ESRGAN's degradation keys (ribsr.degrade.DEGRADATION_KEYS), which stand at the top of
+# its option files, in a ``degradation`` block or (the kernels') in ``datasets.train``: any of them in any of the
+# three places, once.
 _TOP_KEYS = ("name", "scale", "manual_seed", "network_g", "network_d", "datasets", "train", "val", "logger", "path",
              "degradation", "gt_size", *(f.name for f in dataclasses.fields(UsmOptions)))
-# Real-ESRGAN's degradation keys: the stages' at the top of its option files (or in a ``degradation`` block), the
-# kernels' in ``datasets.train`` (ribsr.degrade.DEGRADATION_KEYS); any of them may stand in any of the three
-# places, once.
 
 
 # ---------------------------------------------------------------------- the converter

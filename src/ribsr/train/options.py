@@ -8,6 +8,9 @@ its dotted key path, before any work starts. Keys that only steer BasicSR's own 
 
 Relative paths resolve against the option file's folder (after ``~`` and ``$VAR`` expansion). Files need not
 exist when the options are read: :meth:`Options.missing_files` lists the missing ones for the trainer.
+
+This module is the schema (the option blocks, their cross-checks, the network_g types of :data:`NETWORK_TYPES`);
+:mod:`ribsr.train.convert` turns each block into its dataclass.
 """
 
 from __future__ import annotations
@@ -15,14 +18,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
-import re
-import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import yaml
 
@@ -30,6 +30,7 @@ from ribsr.config import ConfigError, SSTConfig
 from ribsr.degrade import DEGRADATION_KEYS, DegradationError, DegradationOptions
 from ribsr.errors import ProblemsError
 from ribsr.safeyaml import BoundedLoader, YAMLFileError, load_yaml_text, problem, read_text
+from ribsr.train.convert import BAD, BlockCheck, Context, build, convert, option
 from ribsr.train.losses import GAN_TYPES, VGG_TYPES, vgg_layer_names
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,12 @@ class OptionsError(ProblemsError):
     what = "invalid training options"
 
 
-def _opt(default: Any = MISSING, *, choices: Sequence[str] | None = None, aliases: Mapping[str, str] | None = None,
-         ge: float | None = None, gt: float | None = None, lt: float | None = None) -> Any:
-    """A dataclass field with the checks the loader applies to it (to each item of a tuple)."""
-    meta = {"choices": choices, "aliases": aliases, "ge": ge, "gt": gt, "lt": lt}
-    meta = {k: v for k, v in meta.items() if v is not None}
-    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
-
-
 # ---------------------------------------------------------------------- the option blocks
 @dataclass(frozen=True)
 class IOBackendOptions:
     """How a dataset's images are read: ``disk`` (files), ``lmdb`` (a BasicSR LMDB) or ``memory`` (decoded once)."""
 
-    type: str = _opt("disk", choices=("disk", "lmdb", "memory"))
+    type: str = option("disk", choices=("disk", "lmdb", "memory"))
 
 
 @dataclass(frozen=True)
@@ -75,30 +68,30 @@ class DatasetOptions:
     """
 
     name: str
-    type: str = _opt(choices=("PairedImageDataset", "DownsampleImageDataset", "RealESRGANDataset"))
-    dataroot_gt: Path = _opt()
+    type: str = option(choices=("PairedImageDataset", "DownsampleImageDataset", "RealESRGANDataset"))
+    dataroot_gt: Path = option()
     dataroot_lq: Path | None = None
     meta_info_file: Path | None = None
     filename_tmpl: str = "{}"
     io_backend: IOBackendOptions = IOBackendOptions()
-    gt_size: int | None = _opt(None, gt=0)
+    gt_size: int | None = option(None, gt=0)
     use_hflip: bool = False
     use_rot: bool = False
     use_shuffle: bool = True
-    num_worker_per_gpu: int = _opt(0, ge=0)
-    batch_size_per_gpu: int = _opt(1, gt=0)
-    dataset_enlarge_ratio: int = _opt(1, gt=0)
+    num_worker_per_gpu: int = option(0, ge=0)
+    batch_size_per_gpu: int = option(1, gt=0)
+    dataset_enlarge_ratio: int = option(1, gt=0)
 
 
 @dataclass(frozen=True)
 class OptimizerOptions:
     """``train.optim_g`` (or ``train.optim_d``): the optimizer of the network (of the discriminator)."""
 
-    type: str = _opt(choices=("Adam", "AdamW"))
-    lr: float = _opt(gt=0)
-    weight_decay: float = _opt(0.0, ge=0)
-    betas: tuple[float, float] = _opt((0.9, 0.999), ge=0, lt=1)
-    eps: float = _opt(1e-8, gt=0)
+    type: str = option(choices=("Adam", "AdamW"))
+    lr: float = option(gt=0)
+    weight_decay: float = option(0.0, ge=0)
+    betas: tuple[float, float] = option((0.9, 0.999), ge=0, lt=1)
+    eps: float = option(1e-8, gt=0)
 
 
 # The keys each scheduler type uses (besides ``type``); the others must keep their defaults.
@@ -119,35 +112,35 @@ class SchedulerOptions:
     iterations (None: the iterations after the warm-up).
     """
 
-    type: str = _opt(choices=tuple(SCHEDULER_KEYS), aliases={"MultiStepRestartLR": "MultiStepLR"})
-    milestones: tuple[int, ...] = _opt((), gt=0)
-    gamma: float = _opt(0.5, gt=0)
-    periods: tuple[int, ...] = _opt((), gt=0)
-    restart_weights: tuple[float, ...] = _opt((), ge=0)
-    eta_min: float = _opt(0.0, ge=0)
-    T_max: int | None = _opt(None, gt=0)
-    restarts: tuple[int, ...] = _opt((), ge=0)
+    type: str = option(choices=tuple(SCHEDULER_KEYS), aliases={"MultiStepRestartLR": "MultiStepLR"})
+    milestones: tuple[int, ...] = option((), gt=0)
+    gamma: float = option(0.5, gt=0)
+    periods: tuple[int, ...] = option((), gt=0)
+    restart_weights: tuple[float, ...] = option((), ge=0)
+    eta_min: float = option(0.0, ge=0)
+    T_max: int | None = option(None, gt=0)
+    restarts: tuple[int, ...] = option((), ge=0)
 
 
 @dataclass(frozen=True)
 class LossOptions:
     """``train.pixel_opt``: the pixel loss (``eps`` is Charbonnier's)."""
 
-    type: str = _opt(choices=("L1Loss", "MSELoss", "CharbonnierLoss"))
-    loss_weight: float = _opt(1.0, gt=0)
-    reduction: str = _opt("mean", choices=("mean", "sum"))
-    eps: float = _opt(1e-12, gt=0)
+    type: str = option(choices=("L1Loss", "MSELoss", "CharbonnierLoss"))
+    loss_weight: float = option(1.0, gt=0)
+    reduction: str = option("mean", choices=("mean", "sum"))
+    eps: float = option(1e-12, gt=0)
 
 
 @dataclass(frozen=True)
 class GANLossOptions:
     """``train.gan_opt``: BasicSR's ``GANLoss`` (``loss_weight`` scales the generator's loss only)."""
 
-    type: str = _opt(choices=("GANLoss",))
-    gan_type: str = _opt("vanilla", choices=GAN_TYPES)
+    type: str = option(choices=("GANLoss",))
+    gan_type: str = option("vanilla", choices=GAN_TYPES)
     real_label_val: float = 1.0
     fake_label_val: float = 0.0
-    loss_weight: float = _opt(1.0, gt=0)
+    loss_weight: float = option(1.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -156,14 +149,14 @@ class PerceptualOptions:
     ``conv*`` taken before their ReLU). ``weights`` (ribsr's key, required): a VGG state dict file in torchvision's
     layout (``features.N.weight/bias``); ribsr ships none and downloads nothing."""
 
-    type: str = _opt(choices=("PerceptualLoss",))
-    layer_weights: dict[str, float] = _opt(ge=0)
-    vgg_type: str = _opt("vgg19", choices=tuple(VGG_TYPES))
+    type: str = option(choices=("PerceptualLoss",))
+    layer_weights: dict[str, float] = option(ge=0)
+    vgg_type: str = option("vgg19", choices=tuple(VGG_TYPES))
     use_input_norm: bool = True
     range_norm: bool = False
-    perceptual_weight: float = _opt(1.0, ge=0)
-    style_weight: float = _opt(0.0, ge=0)
-    criterion: str = _opt("l1", choices=("l1", "l2", "fro"))
+    perceptual_weight: float = option(1.0, ge=0)
+    style_weight: float = option(0.0, ge=0)
+    criterion: str = option("l1", choices=("l1", "l2", "fro"))
     weights: Path | None = None
 
 
@@ -180,49 +173,49 @@ class TrainOptions:
 
     optim_g: OptimizerOptions
     scheduler: SchedulerOptions
-    total_iter: int = _opt(gt=0)
-    pixel_opt: LossOptions = _opt()
-    ema_decay: float = _opt(0.0, ge=0, lt=1)
-    warmup_iter: int = _opt(-1, ge=-1)
-    grad_clip_norm: float | None = _opt(None, gt=0)
-    max_nonfinite_steps: int = _opt(5, gt=0)
+    total_iter: int = option(gt=0)
+    pixel_opt: LossOptions = option()
+    ema_decay: float = option(0.0, ge=0, lt=1)
+    warmup_iter: int = option(-1, ge=-1)
+    grad_clip_norm: float | None = option(None, gt=0)
+    max_nonfinite_steps: int = option(5, gt=0)
     perceptual_opt: PerceptualOptions | None = None
     optim_d: OptimizerOptions | None = None
     gan_opt: GANLossOptions | None = None
-    net_d_iters: int = _opt(1, gt=0)
-    net_d_init_iters: int = _opt(0, ge=0)
+    net_d_iters: int = option(1, gt=0)
+    net_d_init_iters: int = option(0, ge=0)
 
 
 @dataclass(frozen=True)
 class MetricOptions:
     """One ``val.metrics`` entry: PSNR or SSIM, with its border crop and colour space."""
 
-    type: str = _opt(choices=("calculate_psnr", "calculate_ssim"),
+    type: str = option(choices=("calculate_psnr", "calculate_ssim"),
                      aliases={"psnr": "calculate_psnr", "ssim": "calculate_ssim"})
-    crop_border: int = _opt(0, ge=0)
+    crop_border: int = option(0, ge=0)
     test_y_channel: bool = False
-    better: str = _opt("higher", choices=("higher", "lower"))
+    better: str = option("higher", choices=("higher", "lower"))
 
 
 @dataclass(frozen=True)
 class ValOptions:
     """The ``val`` block: how often and how to validate. ``tile`` (ribsr's key): tile images larger than this."""
 
-    val_freq: int = _opt(gt=0)
-    metrics: dict[str, MetricOptions] = _opt()
+    val_freq: int = option(gt=0)
+    metrics: dict[str, MetricOptions] = option()
     save_img: bool = False
     pbar: bool = False
-    tile: int | None = _opt(None, gt=0)
+    tile: int | None = option(None, gt=0)
 
 
 @dataclass(frozen=True)
 class LoggerOptions:
     """The ``logger`` block. ``keep_checkpoints`` (ribsr's key): how many checkpoints to keep (0: all)."""
 
-    print_freq: int = _opt(100, gt=0)
-    save_checkpoint_freq: int = _opt(5000, gt=0)
+    print_freq: int = option(100, gt=0)
+    save_checkpoint_freq: int = option(5000, gt=0)
     use_tb_logger: bool = False
-    keep_checkpoints: int = _opt(3, ge=0)
+    keep_checkpoints: int = option(3, ge=0)
 
 
 @dataclass(frozen=True)
@@ -242,9 +235,9 @@ class PathOptions:
 class DiscriminatorOptions:
     """``network_d``: Real-ESRGAN's U-Net discriminator with spectral normalization (the GAN stage)."""
 
-    type: str = _opt(choices=("UNetDiscriminatorSN",))
-    num_in_ch: int = _opt(3, gt=0)
-    num_feat: int = _opt(64, gt=0)
+    type: str = option(choices=("UNetDiscriminatorSN",))
+    num_in_ch: int = option(3, gt=0)
+    num_feat: int = option(64, gt=0)
     skip_connection: bool = True
 
 
@@ -385,200 +378,8 @@ _TOP_KEYS = ("name", "scale", "manual_seed", "network_g", "network_d", "datasets
              "degradation", "gt_size", *(f.name for f in dataclasses.fields(UsmOptions)))
 
 
-# ---------------------------------------------------------------------- the converter
-_BAD = object()  # marks a value that did not convert (its problem is recorded)
-_ENV_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-
-
-@dataclass
-class _Context:
-    base_dir: Path
-    problems: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}" if path else message)
-
-
-def _describe(meta: Mapping[str, Any], kind: str) -> str:
-    ge, gt, lt = meta.get("ge"), meta.get("gt"), meta.get("lt")
-    if gt == 0 and ge is None and lt is None:
-        return f"a positive {kind}"
-    if ge == 0 and gt is None and lt is None:
-        return f"a non-negative {kind}"
-    parts = [f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
-             f"< {lt}" if lt is not None else ""]
-    return f"a {kind} " + " and ".join(p for p in parts if p)
-
-
-def _check_range(value: float, original: Any, meta: Mapping[str, Any], path: str, kind: str, ctx: _Context) -> Any:
-    ge, gt, lt = meta.get("ge"), meta.get("gt"), meta.get("lt")
-    if (ge is not None and value < ge) or (gt is not None and value <= gt) or (lt is not None and value >= lt):
-        ctx.problem(path, f"must be {_describe(meta, kind)}, got {original!r}")
-        return _BAD
-    return value
-
-
-def _to_int(value: Any, meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
-    result: Any = _BAD
-    if isinstance(value, bool):
-        pass
-    elif isinstance(value, int):
-        result = value
-    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        result = int(value)  # BasicSR files write counts as `!!float 5e3`
-    elif isinstance(value, str):
-        try:
-            result = int(value.strip())
-        except ValueError:
-            try:
-                number = float(value)
-            except ValueError:
-                number = math.nan
-            if math.isfinite(number) and number.is_integer():
-                result = int(number)
-    if result is _BAD:
-        ctx.problem(path, f"must be an integer, got {value!r}")
-        return _BAD
-    return _check_range(result, value, meta, path, "integer", ctx)
-
-
-def _to_float(value: Any, meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
-    result: Any = _BAD
-    if isinstance(value, bool):
-        pass
-    elif isinstance(value, (int, float)):
-        result = float(value)
-    elif isinstance(value, str):  # PyYAML reads `5e-4` (no dot) as a string
-        try:
-            result = float(value.strip())
-        except ValueError:
-            pass
-    if result is _BAD or not math.isfinite(result):
-        ctx.problem(path, f"must be a finite number, got {value!r}")
-        return _BAD
-    return _check_range(result, value, meta, path, "number", ctx)
-
-
-def _to_str(value: Any, meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
-    if not isinstance(value, str):
-        ctx.problem(path, f"must be a string, got {value!r}")
-        return _BAD
-    choices = meta.get("choices")
-    if choices is None:
-        return value
-    value = meta.get("aliases", {}).get(value, value)
-    if value not in choices:
-        also = f" (or {', '.join(repr(a) for a in meta['aliases'])})" if meta.get("aliases") else ""
-        ctx.problem(path, f"must be one of {list(choices)}{also}, got {value!r}")
-        return _BAD
-    return value
-
-
-def _to_path(value: Any, path: str, ctx: _Context) -> Any:
-    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        ctx.problem(path, f"must be a non-empty path, got {value!r}")
-        return _BAD
-    text = str(value)
-    unset = [a or b for a, b in _ENV_VAR.findall(text) if (a or b) not in os.environ]
-    if unset:
-        names = ", ".join(f"${name}" for name in dict.fromkeys(unset))
-        ctx.problem(path, f"environment variable {names} is not set (in {text!r})")
-        return _BAD
-    expanded = Path(os.path.expanduser(os.path.expandvars(text)))
-    return Path(os.path.normpath(ctx.base_dir / expanded))  # an absolute `expanded` replaces base_dir
-
-
-def _convert(value: Any, tp: Any, meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
-    """``value`` as type ``tp`` (checked against ``meta``), or ``_BAD`` with its problems recorded."""
-    origin, args = get_origin(tp), get_args(tp)
-    if origin in (Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, meta, path, ctx)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        ctx.problem(path, f"must be true or false, got {value!r}")
-        return _BAD
-    if tp is int:
-        return _to_int(value, meta, path, ctx)
-    if tp is float:
-        return _to_float(value, meta, path, ctx)
-    if tp is str:
-        return _to_str(value, meta, path, ctx)
-    if tp is Path:
-        return _to_path(value, path, ctx)
-    if origin is tuple:
-        return _to_tuple(value, args, meta, path, ctx)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            ctx.problem(path, f"must be a mapping, got {value!r}")
-            return _BAD
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                ctx.problem(f"{path}.{key}", "keys must be strings")
-                continue
-            out[key] = _convert(item, args[1], meta, f"{path}.{key}", ctx)
-        return _BAD if any(v is _BAD for v in out.values()) or len(out) != len(value) else out
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path, ctx)
-    raise TypeError(f"no converter for {tp!r} at {path}")  # a bug in the dataclasses above, not user input
-
-
-def _to_tuple(value: Any, args: tuple[Any, ...], meta: Mapping[str, Any], path: str, ctx: _Context) -> Any:
-    variadic = len(args) == 2 and args[1] is Ellipsis
-    kind = {int: "integers", float: "numbers"}.get(args[0], "values")
-    if not isinstance(value, (list, tuple)) or (not variadic and len(value) != len(args)):
-        what = f"a list of {kind}" if variadic else f"a list of {len(args)} {kind}"
-        ctx.problem(path, f"must be {what}, got {value!r}")
-        return _BAD
-    items = [_convert(v, args[0] if variadic else args[i], meta, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
-    return _BAD if any(v is _BAD for v in items) else tuple(items)
-
-
-def _build(cls: type, value: Any, path: str, ctx: _Context) -> Any:
-    """An instance of the option dataclass ``cls`` from a mapping, checked key by key, then as a whole."""
-    if not isinstance(value, Mapping):
-        ctx.problem(path, f"must be a mapping, got {value!r}")
-        return _BAD
-    before = len(ctx.problems)
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    ignored = _IGNORED_IN.get(cls, frozenset())
-    for key in value:
-        if key in ignored:
-            ctx.ignored.append(f"{path}.{key}")
-        elif key not in fields:
-            ctx.problem(f"{path}.{key}", f"unknown key (known: {', '.join(fields)})")
-    kwargs, bad = {}, []
-    for name, f in fields.items():
-        if name in value:
-            kwargs[name] = _convert(value[name], hints[name], f.metadata, f"{path}.{name}", ctx)
-        elif f.default is MISSING:
-            ctx.problem(f"{path}.{name}", "missing")
-            kwargs[name] = _BAD
-        if kwargs.get(name) is _BAD:
-            bad.append(name)
-            kwargs[name] = f.default  # MISSING for required fields: no whole-block check then
-    if any(v is MISSING for v in kwargs.values()):
-        return _BAD
-    obj = cls(**kwargs)
-    check = _CHECKS.get(cls)
-    if check is not None:
-        # Check the block as a whole even when some optional fields are bad (they stand at their defaults);
-        # drop what it says about those fields, which already have their problem.
-        first_new = len(ctx.problems)
-        obj = check(obj, path, ctx)
-        prefixes = tuple(f"{path}.{name}{end}" for name in bad for end in (":", ".", "["))
-        ctx.problems[first_new:] = [p for p in ctx.problems[first_new:] if not p.startswith(prefixes)]
-    return _BAD if len(ctx.problems) > before else obj
-
-
 # ---------------------------------------------------------------------- checks of whole blocks
-def _check_dataset(d: DatasetOptions, path: str, ctx: _Context) -> DatasetOptions:
+def _check_dataset(d: DatasetOptions, path: str, ctx: Context) -> DatasetOptions:
     if d.type == "PairedImageDataset" and d.dataroot_lq is None:
         ctx.problem(f"{path}.dataroot_lq", "missing (PairedImageDataset reads its LR images there)")
     if d.type == "DownsampleImageDataset" and d.dataroot_lq is not None:
@@ -593,7 +394,7 @@ def _check_dataset(d: DatasetOptions, path: str, ctx: _Context) -> DatasetOption
     return d
 
 
-def _check_scheduler(s: SchedulerOptions, path: str, ctx: _Context) -> SchedulerOptions:
+def _check_scheduler(s: SchedulerOptions, path: str, ctx: Context) -> SchedulerOptions:
     if s.type == "MultiStepLR":
         if s.restarts not in ((), (0,)):
             ctx.problem(f"{path}.restarts", f"restarts are not supported (only [] or [0]), got {list(s.restarts)}")
@@ -620,7 +421,7 @@ def _check_scheduler(s: SchedulerOptions, path: str, ctx: _Context) -> Scheduler
     return s
 
 
-def _check_train(t: TrainOptions, path: str, ctx: _Context) -> TrainOptions:
+def _check_train(t: TrainOptions, path: str, ctx: Context) -> TrainOptions:
     warmup = max(t.warmup_iter, 0)
     s, where = t.scheduler, f"{path}.scheduler"
     # Warm-up, milestones and periods may reach past total_iter: a run stopped early (total_iter=k) and
@@ -634,7 +435,7 @@ def _check_train(t: TrainOptions, path: str, ctx: _Context) -> TrainOptions:
     return t
 
 
-def _check_perceptual(p: PerceptualOptions, path: str, ctx: _Context) -> PerceptualOptions:
+def _check_perceptual(p: PerceptualOptions, path: str, ctx: Context) -> PerceptualOptions:
     if p.weights is None:
         ctx.problem(f"{path}.weights", "missing: the perceptual loss needs the weights of its feature network, a "
                     f"{p.vgg_type} state dict file in torchvision's layout (features.N.weight/bias); ribsr ships none "
@@ -652,13 +453,13 @@ def _check_perceptual(p: PerceptualOptions, path: str, ctx: _Context) -> Percept
     return p
 
 
-def _check_val(v: ValOptions, path: str, ctx: _Context) -> ValOptions:
+def _check_val(v: ValOptions, path: str, ctx: Context) -> ValOptions:
     if not v.metrics:
         ctx.problem(f"{path}.metrics", "must name at least one metric (e.g. psnr: {type: calculate_psnr})")
     return v
 
 
-_CHECKS: dict[type, Any] = {
+_CHECKS: dict[type, BlockCheck] = {
     DatasetOptions: _check_dataset,
     SchedulerOptions: _check_scheduler,
     TrainOptions: _check_train,
@@ -668,17 +469,24 @@ _CHECKS: dict[type, Any] = {
 
 
 # ---------------------------------------------------------------------- the whole file
-def _build_network(block: Any, scale: Any, ctx: _Context) -> SSTConfig | None:
+# The network_g types an option file may name, each with the reader of its block (which raises ConfigError listing
+# the block's problems); an option file's network_g type not named here is a problem.
+NETWORK_TYPES: dict[str, Callable[[Mapping[str, Any]], SSTConfig]] = {"SST": SSTConfig.from_network_g}
+
+
+def _build_network(block: Any, scale: Any, ctx: Context) -> SSTConfig | None:
     if not isinstance(block, Mapping):
         ctx.problem("network_g", f"must be a mapping, got {block!r}")
         return None
-    if block.get("type") != "SST":
-        ctx.problem("network_g.type", f"must be 'SST', got {block.get('type')!r}")
+    read = NETWORK_TYPES.get(block.get("type"))
+    if read is None:
+        ctx.problem("network_g.type", f"must be {' or '.join(map(repr, NETWORK_TYPES))}, got {block.get('type')!r}")
+        return None
     block = dict(block)
-    if "upscaling_factor" not in block and "scale" not in block and scale is not _BAD:
+    if "upscaling_factor" not in block and "scale" not in block and scale is not BAD:
         block["upscaling_factor"] = scale  # a network_g without a scale takes the file's
     try:
-        return SSTConfig.from_network_g(block)
+        return read(block)
     except ConfigError as exc:
         ctx.problems.extend(f"network_g: {p}" for p in exc.problems)
     except (TypeError, ValueError) as exc:
@@ -686,7 +494,7 @@ def _build_network(block: Any, scale: Any, ctx: _Context) -> SSTConfig | None:
     return None
 
 
-def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) -> Options | None:
+def _build_options(data: Mapping[str, Any], ctx: Context, source: Path | None) -> Options | None:
     for key in data:
         if key in _IGNORED_TOP:
             ctx.ignored.append(str(key))
@@ -697,9 +505,9 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
         if key not in data:
             if default is MISSING:
                 ctx.problem(key, "missing")
-                return _BAD
+                return BAD
             return default
-        return _convert(data[key], tp, meta, key, ctx)
+        return convert(data[key], tp, meta, key, ctx)
 
     name = top("name", str)
     if isinstance(name, str) and (not name.strip() or "/" in name or "\\" in name):
@@ -707,10 +515,10 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
     scale = top("scale", int, gt=0)
     manual_seed = top("manual_seed", int, 0, ge=0)
     network = _build_network(data["network_g"], scale, ctx)
-    if network is not None and scale is not _BAD and network.scale != scale:
+    if network is not None and scale is not BAD and network.scale != scale:
         ctx.problem("scale", f"must equal network_g.upscaling_factor ({network.scale}), got {scale}")
 
-    train_data: Any = _BAD
+    train_data: Any = BAD
     val_data: dict[str, Any] = {}
     datasets = data.get("datasets")
     if not isinstance(datasets, Mapping):
@@ -722,35 +530,35 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
             if key == "train":
                 if isinstance(block, Mapping):  # the kernels' keys are read with the degradation's
                     block = {k: v for k, v in block.items() if k not in DEGRADATION_KEYS}
-                train_data = _build(DatasetOptions, block, "datasets.train", ctx)
+                train_data = build(DatasetOptions, block, "datasets.train", ctx)
             elif isinstance(key, str) and (key == "val" or key.startswith("val_")):
-                val_data[key] = _build(DatasetOptions, block, f"datasets.{key}", ctx)
+                val_data[key] = build(DatasetOptions, block, f"datasets.{key}", ctx)
             else:
                 ctx.problem(f"datasets.{key}", "unknown dataset key (use 'train', and 'val_1', 'val_2', ...)")
         if "train" not in datasets:
             ctx.problem("datasets.train", "missing")
-    if train_data is not _BAD:
+    if train_data is not BAD:
         if train_data.gt_size is None:
             ctx.problem("datasets.train.gt_size", "missing (the HR patch size of training crops)")
-        elif scale is not _BAD and train_data.gt_size % scale:
+        elif scale is not BAD and train_data.gt_size % scale:
             ctx.problem("datasets.train.gt_size", f"must be a multiple of scale ({scale}), got {train_data.gt_size}")
 
-    if isinstance(data.get("gt_size"), int) and train_data is not _BAD and data["gt_size"] != train_data.gt_size:
+    if isinstance(data.get("gt_size"), int) and train_data is not BAD and data["gt_size"] != train_data.gt_size:
         ctx.problem("gt_size", f"must equal datasets.train.gt_size ({train_data.gt_size}), got {data['gt_size']!r}")
     degradation, usm = _build_degradation(data, train_data, scale, ctx)
 
     train = top("train", TrainOptions)
-    network_d = None if data.get("network_d") is None else _build(DiscriminatorOptions, data["network_d"], "network_d",
+    network_d = None if data.get("network_d") is None else build(DiscriminatorOptions, data["network_d"], "network_d",
                                                                    ctx)
     _check_gan(data, network_d, train_data, ctx)
-    val = None if data.get("val") is None else _build(ValOptions, data["val"], "val", ctx)
+    val = None if data.get("val") is None else build(ValOptions, data["val"], "val", ctx)
     if val is not None and not val_data:
         ctx.problem("val", "validation is set up but datasets has no val_* dataset")
     if val is None and val_data:
         ctx.problem(f"datasets.{next(iter(val_data))}",
                     "a validation dataset is given but there is no val block (val_freq, metrics)")
-    logger = LoggerOptions() if data.get("logger") is None else _build(LoggerOptions, data["logger"], "logger", ctx)
-    paths = PathOptions() if data.get("path") is None else _build(PathOptions, data["path"], "path", ctx)
+    logger = LoggerOptions() if data.get("logger") is None else build(LoggerOptions, data["logger"], "logger", ctx)
+    paths = PathOptions() if data.get("path") is None else build(PathOptions, data["path"], "path", ctx)
 
     if ctx.problems:
         return None
@@ -759,7 +567,7 @@ def _build_options(data: Mapping[str, Any], ctx: _Context, source: Path | None) 
                    network_d=network_d, source=source)
 
 
-def _check_gan(data: Mapping[str, Any], network_d: Any, train_data: Any, ctx: _Context) -> None:
+def _check_gan(data: Mapping[str, Any], network_d: Any, train_data: Any, ctx: Context) -> None:
     """The GAN stage's keys go together: ``network_d`` needs ``train.optim_d`` and ``train.gan_opt``, and those (and
     ``path.pretrain_network_d``, ``train.net_d_*``) need ``network_d``. Read from the file's own blocks, so these
     problems are reported along with those inside the blocks."""
@@ -769,9 +577,9 @@ def _check_gan(data: Mapping[str, Any], network_d: Any, train_data: Any, ctx: _C
         for key, what in (("optim_d", "the discriminator's optimizer"), ("gan_opt", "the adversarial loss")):
             if train.get(key) is None:
                 ctx.problem(f"train.{key}", f"missing ({what}; network_d is given)")
-        if network_d is not _BAD and network_d is not None and network_d.num_in_ch != 3:
+        if network_d is not BAD and network_d is not None and network_d.num_in_ch != 3:
             ctx.problem("network_d.num_in_ch", f"must be 3 (the network's RGB output), got {network_d.num_in_ch}")
-        if train_data is not _BAD and train_data.gt_size is not None and train_data.gt_size % 8:
+        if train_data is not BAD and train_data.gt_size is not None and train_data.gt_size % 8:
             ctx.problem("datasets.train.gt_size", f"must be a multiple of 8 for network_d (its U-Net halves the "
                         f"crop three times), got {train_data.gt_size}")
         return
@@ -783,7 +591,7 @@ def _check_gan(data: Mapping[str, Any], network_d: Any, train_data: Any, ctx: _C
 
 
 def _build_degradation(data: Mapping[str, Any], train_data: Any, scale: Any,
-                       ctx: _Context) -> tuple[DegradationOptions | None, UsmOptions]:
+                       ctx: Context) -> tuple[DegradationOptions | None, UsmOptions]:
     """The degradation of a ``RealESRGANDataset`` run, gathered from the top level, the ``degradation`` block and
     ``datasets.train``, and its USM options; None without such a dataset (then no degradation key may be given)."""
     from ribsr.degrade import gather_degradation_keys
@@ -797,7 +605,7 @@ def _build_degradation(data: Mapping[str, Any], train_data: Any, scale: Any,
         if isinstance(block, Mapping):
             if "sf" in block and block["sf"] != scale:
                 ctx.problem("degradation.sf", f"must equal scale ({scale}), got {block['sf']!r}")
-            if "gt_size" in block and train_data is not _BAD and block["gt_size"] != train_data.gt_size:
+            if "gt_size" in block and train_data is not BAD and block["gt_size"] != train_data.gt_size:
                 ctx.problem("degradation.gt_size", f"must equal datasets.train.gt_size ({train_data.gt_size}), "
                             f"got {block['gt_size']!r}")
             if block.get("resize_back"):
@@ -810,7 +618,7 @@ def _build_degradation(data: Mapping[str, Any], train_data: Any, scale: Any,
                         f"must be true or false, got {value!r}")
             del usm_values[key]
     usm = UsmOptions(**usm_values)
-    is_real = train_data is not _BAD and train_data.type == "RealESRGANDataset"
+    is_real = train_data is not BAD and train_data.type == "RealESRGANDataset"
     if not is_real:
         if values or block is not None or usm.gt_usm:
             given = sorted(where.values()) or ["degradation" if block is not None else "gt_usm"]
@@ -884,7 +692,7 @@ def _from_data(data: Any, source: Path | None, base_dir: Path, overrides: Sequen
     if data.get("network_g") is None:
         raise OptionsError([*early, *problems, "network_g: missing (this does not look like a training option file)"],
                            source)
-    ctx = _Context(base_dir=base_dir, problems=[*early, *problems])
+    ctx = Context(base_dir=base_dir, checks=_CHECKS, ignorable=_IGNORED_IN, problems=[*early, *problems])
     opts = _build_options(data, ctx, source)
     if ctx.ignored:
         log.info("ignored BasicSR keys%s: %s", f" in {source}" if source else "", ", ".join(ctx.ignored))

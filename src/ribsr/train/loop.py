@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
-import math
 import os
 import signal
 import time
@@ -36,7 +34,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import lr_scheduler
@@ -46,11 +43,8 @@ from ribsr.build import build_sst
 from ribsr.checkpoint import CheckpointError, load_pretrained
 from ribsr.config import SSTConfig
 from ribsr.degrade import DegradationOptions
-from ribsr.inference import Upscaler
-from ribsr.metrics import psnr, ssim
 from ribsr.model import SST
 from ribsr.model.discriminator import UNetDiscriminatorSN
-from ribsr.model.sst import DEFAULT_BIAS_CACHE_BYTES
 from ribsr.train import data as train_data
 from ribsr.train.losses import GANLoss, PerceptualLoss, VGGFeatureExtractor
 from ribsr.train.options import (
@@ -63,6 +57,7 @@ from ribsr.train.options import (
     SchedulerOptions,
     TrainOptions,
 )
+from ribsr.train.report import RunReport
 from ribsr.train.state import (
     ResumeError,
     checkpoint_path,
@@ -72,6 +67,7 @@ from ribsr.train.state import (
     save_checkpoint,
     set_rng_state,
 )
+from ribsr.train.validate import update_best, validation_sets
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +387,7 @@ class Trainer:
             self.net_d = DistributedDataParallel(
                 self.disc, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self._tb = None
+        self.report = RunReport(self.run_dir, opts, main=self.dist.is_main, log=log)
 
     # ------------------------------------------------------------------ resume
     def _resume(self, resume: str | Path | None) -> None:
@@ -569,7 +565,7 @@ class Trainer:
         :class:`TrainingError` when too many losses in a row were not finite.
         """
         total = self.opts.train.total_iter
-        self._start_logging()
+        self.report.start(self.model, self.dist.world_size, self.device, self.iteration + 1)
         last_saved: Path | None = None
         if self.iteration >= total:
             log.info("nothing to do: the run is at iteration %d of %d", self.iteration, total)
@@ -599,8 +595,8 @@ class Trainer:
                     seconds = (time.perf_counter() - window_t0) / window_iters
                     mean = window_loss / window_n if window_n else float("nan")
                     parts = {k: v / window_n for k, v in window_parts.items()} if len(window_parts) > 1 else {}
-                    self._log_scalars(it, {"loss": mean, **parts, "lr": self.current_lr(),
-                                           "seconds_per_iter": seconds})
+                    self.report.scalars(it, {"loss": mean, **parts, "lr": self.current_lr(),
+                                               "seconds_per_iter": seconds})
                     window_loss, window_n, window_iters, window_t0 = 0.0, 0, 0, time.perf_counter()
                     window_parts = {}
                 if self.opts.val is not None and (it % self.opts.val.val_freq == 0 or it == total):
@@ -613,8 +609,7 @@ class Trainer:
                     raise TrainingInterrupted(stop.received or signal.SIGTERM, last_saved)
         if bar is not None:
             bar.close()
-        if self._tb is not None:
-            self._tb.close()
+        self.report.close()
         return TrainResult(self.iteration, last_saved, self.best, self.skipped_steps)
 
     def _target(self, batch: dict[str, Any], sharpened: bool) -> torch.Tensor:
@@ -736,95 +731,15 @@ class Trainer:
         """The weights that are validated and exported: the EMA when kept, else the trained ones."""
         return self.ema.module if self.ema is not None else self.model
 
-    @torch.no_grad()
     def validate(self) -> dict[str, dict[str, float]]:
         """Metrics of ``val.metrics`` on every validation set (rank 0 computes; the others wait)."""
         results: dict[str, dict[str, float]] = {}
         if self.dist.is_main and self.opts.val is not None:
-            model = self.eval_model()
-            was_training = model.training
-            tile = self.opts.val.tile
-            upscaler = Upscaler(model, tile=tile if tile else None, dtype=torch.float32, device=self.device)
-            for key, dataset in self.val_sets.items():
-                results[key] = self._validate_set(upscaler, dataset)
+            for key, values in validation_sets(self.eval_model(), self.val_sets, self.opts.val, self.device):
+                results[key] = values
                 name = self.opts.val_data[key].name
-                text = ", ".join(f"{m} {v:.4f}" for m, v in results[key].items())
-                log.info("iteration %d: %s %s", self.iteration, name, text)
-                self._log_scalars(self.iteration, {f"val/{name}/{m}": v for m, v in results[key].items()}, quiet=True)
-                self._update_best(name, results[key])
-            model.train(was_training)
-            model.set_bias_cache(DEFAULT_BIAS_CACHE_BYTES)  # drop the biases cached for these weights
+                self.report.validation(self.iteration, name, values)
+                update_best(self.best, name, values, self.opts.val.metrics, self.iteration)
         if self.dist.enabled:
             dist.barrier()
         return results
-
-    def _validate_set(self, upscaler: Upscaler, dataset) -> dict[str, float]:
-        metrics = self.opts.val.metrics
-        sums = dict.fromkeys(metrics, 0.0)
-        for i in range(len(dataset)):
-            item = dataset[i]
-            sr = upscaler.upscale_tensor(item["lq"].unsqueeze(0).to(self.device))[0].float().clamp(0, 1).cpu()
-            gt = item["gt"]
-            if item["gray"]:  # a grayscale file: compare one channel, as ribsr evaluate does
-                sr, gt = sr.mean(0), gt[0]
-            for name, m in metrics.items():
-                fn = {"calculate_psnr": psnr, "calculate_ssim": ssim}[m.type]  # aliases normalised by the options
-                sums[name] += fn(sr, gt, crop_border=m.crop_border, y_channel=m.test_y_channel)
-        return {name: s / max(1, len(dataset)) for name, s in sums.items()}
-
-    def _update_best(self, name: str, values: dict[str, float]) -> None:
-        for metric, value in values.items():
-            better = self.opts.val.metrics[metric].better == "higher"
-            key = f"{name}/{metric}"
-            old = self.best.get(key)
-            if old is None or (value > old["value"] if better else value < old["value"]):
-                self.best[key] = {"value": value, "iteration": self.iteration}
-
-    # ------------------------------------------------------------------ logging
-    def _start_logging(self) -> None:
-        if not self.dist.is_main:
-            logging.getLogger("ribsr").setLevel(logging.WARNING)
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.run_dir / "train.log"
-        root = logging.getLogger("ribsr")
-        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_path.resolve()
-                   for h in root.handlers):
-            handler = logging.FileHandler(log_path, encoding="utf-8")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            root.addHandler(handler)
-            if root.level == logging.NOTSET or root.level > logging.INFO:
-                root.setLevel(logging.INFO)
-        options_path = self.run_dir / "options.yml"
-        options_path.write_text(yaml.safe_dump(self.opts.raw, sort_keys=False), encoding="utf-8")
-        n_params = sum(p.numel() for p in self.model.parameters())
-        log.info("run %s in %s: %s, %d parameters, %d process(es) on %s, global batch %d, iterations %d..%d",
-                 self.opts.name, self.run_dir, self.opts.network.to_json(), n_params, self.dist.world_size,
-                 self.device, self.opts.train_data.batch_size_per_gpu * self.dist.world_size,
-                 self.iteration + 1, self.opts.train.total_iter)
-        if self.opts.logger.use_tb_logger:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.warning("logger.use_tb_logger is set but tensorboard is not installed "
-                            "(pip install 'ribsr[tensorboard]'): logging to %s only", log_path)
-            else:
-                self._tb = SummaryWriter(str(self.run_dir / "tb"))
-
-    def _log_scalars(self, it: int, values: dict[str, float], quiet: bool = False) -> None:
-        if not self.dist.is_main:
-            return
-        if not quiet:
-            log.info("iteration %d/%d: %s", it, self.opts.train.total_iter,
-                     ", ".join(f"{k} {v:.6g}" for k, v in values.items()))
-        self._write_metrics(it, values)
-        if self._tb is not None:
-            for k, v in values.items():
-                if math.isfinite(v):
-                    self._tb.add_scalar(k, v, it)
-
-    def _write_metrics(self, it: int, values: dict[str, float]) -> None:
-        """Append to ``metrics.jsonl`` (one JSON object per line: iteration and values) for plots."""
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"iteration": it, **values}) + "\n")
-

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pytest
 
-from ribsr.train.options import options_from_dict
+from ribsr.train.options import load_options
 from ribsr.train.report import RunReport
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_loop import tiny_options  # noqa: E402
+LIGHT = Path(__file__).parent / "options" / "train_SST_light_x2.yml"
 
 
 def test_scalars_and_validation_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    opts = options_from_dict(tiny_options(tmp_path))
+    opts = load_options(LIGHT)
     log = logging.getLogger("ribsr.test_report")
     report = RunReport(tmp_path, opts, main=True, log=log)
     with caplog.at_level(logging.INFO, logger=log.name):
         report.scalars(3, {"loss": 0.25, "lr": 1e-3})
         report.validation(4, "Set5", {"psnr": 30.123456, "ssim": 0.9})
-    assert [r.getMessage() for r in caplog.records] == ["iteration 3/12: loss 0.25, lr 0.001",
+    assert [r.getMessage() for r in caplog.records] == ["iteration 3/500000: loss 0.25, lr 0.001",
                                                           "iteration 4: Set5 psnr 30.1235, ssim 0.9000"]
     lines = (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert lines == ['{"iteration": 3, "loss": 0.25, "lr": 0.001}',

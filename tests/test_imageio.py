@@ -471,3 +471,43 @@ def test_float_or_int16_tiff_tifffile_cannot_decompress_names_imagecodecs(tmp_pa
     with pytest.raises(ImageReadError, match=rf"z\.tif: a {what}.* TIFF compressed with ADOBE_DEFLATE, .*only with "
                                              r"the imagecodecs package \(pip install imagecodecs\)"):
         read_image(tmp_path / "z.tif")
+
+
+# ---------------------------------------------------------------------- read_rgb8 and bytes
+def _rgb8_sources(tmp_path):
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (7, 5, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., 0]).convert("LA").save(tmp_path / "la.png")
+    Image.fromarray(rgba[..., :3]).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.gif",
+                                                                                      transparency=0)
+    Image.fromarray(rgba[..., :3]).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "turned.jpg", exif=exif)
+    rows = rng.integers(0, 65536, (3, 4 * 3), dtype=np.uint16)
+    with open(tmp_path / "deep.png", "wb") as f:
+        png.Writer(4, 3, greyscale=False, bitdepth=16).write(f, rows.tolist())
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "deep.tif", rng.integers(0, 65536, (3, 4), dtype=np.uint16))
+    return sorted(tmp_path.iterdir())
+
+
+def test_read_rgb8_gives_read_images_pixels_from_files_and_bytes(tmp_path):
+    for path in _rgb8_sources(tmp_path):
+        img = read_image(path)
+        expected = imageio.to_array(img, np.uint8, 3)
+        for source in (path, path.read_bytes()):
+            rgb, gray = imageio.read_rgb8(source, name=str(path))
+            assert rgb.dtype == np.uint8 and rgb.flags.c_contiguous, path.name
+            np.testing.assert_array_equal(rgb, expected, err_msg=path.name)
+            assert gray == img.grayscale, path.name
+        assert read_image(path.read_bytes()).size == img.size
+
+
+def test_unreadable_bytes_name_their_source():
+    with pytest.raises(ImageReadError, match=r"^db\.lmdb/0001: not a recognised image file"):
+        imageio.read_rgb8(b"not an image", name="db.lmdb/0001")
+    with pytest.raises(ImageReadError, match=r"^<image bytes>: "):
+        read_image(b"\x89PNG\r\n\x1a\n truncated")

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -215,11 +215,12 @@ def _png_header(head: bytes) -> tuple[int, int] | None:
     return head[24], head[25]
 
 
-def _read_png16_color(path: Path) -> DecodedImage:
+def _read_png16_color(source: Path | bytes) -> DecodedImage:
     """A 16-bit colour (or gray + alpha) PNG, read with pypng since Pillow drops to 8 bits."""
     import png
 
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    reader = png.Reader(bytes=source) if isinstance(source, bytes) else png.Reader(filename=str(source))
+    width, height, rows, info = reader.asDirect()
     planes = info["planes"]
     data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])  # (H, W * planes)
     data = data.reshape(height, width, planes).astype(np.float32) / (2 ** info["bitdepth"] - 1)
@@ -230,9 +231,10 @@ def _read_png16_color(path: Path) -> DecodedImage:
     return DecodedImage(rgb=rgb, alpha=alpha, bit_depth=16, grayscale=gray, format="PNG", mode=mode + ";16")
 
 
-def _read_tiff16(path: Path, max_pixels: int | None) -> tuple[DecodedImage, int | None] | None:
+def _read_tiff16(source: Path | bytes, path: Path, max_pixels: int | None) -> tuple[DecodedImage, int | None] | None:
     """A 16-bit unsigned or floating-point gray or RGB TIFF (alpha optional) read with tifffile, and its
-    orientation tag; None for any other TIFF (left to Pillow). The declared size is checked before decoding.
+    orientation tag; None for any other TIFF (left to Pillow). The declared size is checked before decoding;
+    problems name ``path``.
 
     Signed 16-bit samples (int16, which Pillow called a "32-bit integer image") are read as unsigned ones when
     none is negative; floating-point samples (16, 32 or 64 bits, which Pillow did not recognise) are read as they
@@ -243,7 +245,7 @@ def _read_tiff16(path: Path, max_pixels: int | None) -> tuple[DecodedImage, int 
     import tifffile
 
     try:
-        tif = tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Exception:  # not a TIFF tifffile can parse: Pillow reports the problem
         return None
     with tif:
@@ -348,39 +350,67 @@ def apply_orientation(img: DecodedImage, orientation: int | None) -> DecodedImag
     return img.with_pixels(rgb, alpha)
 
 
-def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> DecodedImage:
-    """Read an image file (PNG, JPEG, WebP, BMP, TIFF, GIF, ...) with EXIF orientation applied.
+def read_image(source: str | os.PathLike[str] | bytes, max_pixels: int | None = None, *,
+               name: str | None = None) -> DecodedImage:
+    """Read an image file (PNG, JPEG, WebP, BMP, TIFF, GIF, ...), or such a file's bytes, with EXIF orientation
+    applied.
 
     16-bit PNG and TIFF images keep their 16 bits. Of an animated or multi-page image only the
     first frame is read, with a note saying how many frames there are (``frames``). With
     ``max_pixels``, an image that declares more pixels raises :class:`ImageTooLargeError` before
     any pixel is decoded (Pillow's own decompression-bomb warning is then not shown; its error, at
     twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies). Raises :class:`ImageReadError` naming
-    the file when it is missing, corrupt, truncated, too large or of an unsupported kind.
+    the file (``name``, for bytes) when it is missing, corrupt, truncated, too large or of an unsupported kind.
     """
-    path = Path(path)
+    return cast(DecodedImage, _read(source, max_pixels, name, rgb8=False))
+
+
+def read_rgb8(source: str | os.PathLike[str] | bytes, *, name: str | None = None) -> tuple[np.ndarray, bool]:
+    """An image file (or its bytes) as :func:`read_image` reads it, as (H, W, 3) uint8 RGB (grayscale replicated,
+    alpha dropped, 16-bit samples rounded to 8 bits), and whether it is grayscale: the pixels of
+    ``to_array(read_image(source), np.uint8, 3)``, without a floating-point copy of 8-bit images (training data)."""
+    out = _read(source, None, name, rgb8=True)
+    if isinstance(out, DecodedImage):
+        return to_array(out, np.uint8, 3), out.grayscale
+    return out
+
+
+def _read(source: str | os.PathLike[str] | bytes, max_pixels: int | None, name: str | None,
+          rgb8: bool) -> DecodedImage | tuple[np.ndarray, bool]:
+    """:func:`read_image`; with ``rgb8``, an 8-bit image Pillow decodes comes as :func:`read_rgb8`'s pair."""
+    if isinstance(source, bytes):
+        data, path = source, Path(name or "<image bytes>")
+    else:
+        data, path = None, Path(source)
     try:
-        with open(path, "rb") as f:
-            head = f.read(26)
+        if data is not None:
+            head = data[:26]
+        else:
+            with open(path, "rb") as f:
+                head = f.read(26)
         header = _png_header(head)
-        tiff16 = _read_tiff16(path, max_pixels) if head[:4] in _TIFF_MAGIC else None
+        tiff16 = _read_tiff16(path if data is None else data, path, max_pixels) if head[:4] in _TIFF_MAGIC else None
         if tiff16 is not None:
             img, orientation = tiff16
         else:
             with warnings.catch_warnings():
                 if max_pixels is not None:  # the size is checked here instead
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(path)
+                im = Image.open(path if data is None else io.BytesIO(data))
             with im:
                 if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
                     raise ImageTooLargeError(path, im.size, max_pixels)
                 orientation = im.getexif().get(_EXIF_ORIENTATION)
                 if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
                     icc = im.info.get("icc_profile")
-                    img = _read_png16_color(path)
+                    img = _read_png16_color(path if data is None else data)
                     img.icc_profile = icc
                 else:
                     im.load()  # decode now so that truncated or corrupt data fails here
+                    pixels = _rgb8(im) if rgb8 else None
+                    if pixels is not None:
+                        turn = _ORIENT.get(orientation or 1)
+                        return (pixels[0] if turn is None else np.ascontiguousarray(turn(pixels[0])), pixels[1])
                     img = from_pil(im)
                     if 16 in _tiff_bits(im) and img.bit_depth == 8:
                         img.notes.append("16-bit TIFF read with 8 bits by Pillow, precision lost (16-bit gray "
@@ -402,6 +432,23 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> D
     except Exception as exc:  # Pillow and pypng raise many types (OSError, SyntaxError, png.Error, ...)
         raise ImageReadError(f"{path}: cannot read image: {exc}") from exc
     return apply_orientation(img, orientation)
+
+
+def _rgb8(im: Image.Image) -> tuple[np.ndarray, bool] | None:
+    """The (H, W, 3) uint8 RGB of a decoded 8-bit Pillow image and whether it is grayscale, the modes converted as
+    :func:`from_pil` converts them; None for other images (more bits, or a mode from_pil refuses)."""
+    mode = im.mode
+    if mode == "P":
+        target = "RGBA" if im.has_transparency_data else "RGB"
+    else:
+        target = _CONVERT.get(mode, (mode, None))[0]
+    if target not in ("L", "LA", "RGB", "RGBA"):
+        return None
+    arr = np.asarray(im if target == mode else im.convert(target))
+    gray = target in ("L", "LA")
+    if arr.ndim == 2:
+        arr = arr[..., None]  # (H, W) -> (H, W, 1)
+    return (np.repeat(arr[..., :1], 3, axis=2) if gray else np.ascontiguousarray(arr[..., :3])), gray
 
 
 def read_array(path: str | os.PathLike[str]) -> np.ndarray:

@@ -100,6 +100,35 @@ def test_memory_store_equals_disk(set5):
         np.testing.assert_array_equal(mem.get(k), disk.get(k))
 
 
+def test_stores_hold_pillows_pixels_of_set5(set5):
+    """The images of every backend are Pillow's own RGB decoding, byte for byte (what the stores held when they
+    decoded with Pillow themselves; they now read through ribsr.imageio)."""
+    for backend in ("disk", "memory"):
+        store = open_store(set5[0], backend)
+        for k in store.keys:
+            with Image.open(set5[0] / f"{k}.png") as im:
+                expected = np.asarray(im.convert("RGB"))
+            img = store.get(k)
+            assert img.dtype == np.uint8 and img.flags.c_contiguous and img.tobytes() == expected.tobytes(), k
+
+
+def test_images_are_read_as_ribsr_imageio_reads_them(tmp_path):
+    from ribsr.imageio import read_image, to_array
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: shown rotated 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    gray16 = rng.integers(0, 65536, (5, 3), dtype=np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "deep.png")
+    store = open_store(tmp_path)
+    for key, suffix in (("turned", ".jpg"), ("deep", ".png")):
+        expected = to_array(read_image(tmp_path / f"{key}{suffix}"), np.uint8, 3)
+        np.testing.assert_array_equal(store.get(key), expected)
+    assert store.get("turned").shape == (4, 6, 3)
+
+
 def test_meta_info_file_selects_and_orders(set5, tmp_path):
     meta = tmp_path / "meta.txt"
     meta.write_text("woman.png (228,344,3)\n\nbird.png (288,288,3)\n")

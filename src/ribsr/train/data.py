@@ -1,7 +1,8 @@
 """Training data for BasicSR-style super-resolution training (``ribsr train``).
 
 - Image stores ("io backends", :func:`open_store`): uint8 RGB images, (H, W, 3), by key, from a folder
-  (``"disk"``), from memory (``"memory"``: decoded once at construction) or from a BasicSR LMDB (``"lmdb"``).
+  (``"disk"``), from memory (``"memory"``: decoded once at construction) or from a BasicSR LMDB (``"lmdb"``),
+  read as ``ribsr upscale`` and ``ribsr evaluate`` read them (:func:`ribsr.imageio.read_rgb8`).
 - :class:`PairedImageDataset`: HR images with LR files beside them (e.g. ``Set5/HR/baby.png`` and
   ``Set5/LR_bicubic/X2/babyx2.png``).
 - :class:`DownsampleImageDataset`: HR images only; the LR is made from them with MATLAB-style bicubic
@@ -51,14 +52,13 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ribsr.degrade import DegradationOptions, SecondOrderDegradation, usm_sharp
-from ribsr.evaluate import IMAGE_EXTENSIONS
+from ribsr.imageio import IMAGE_SUFFIXES, ImageReadError, read_rgb8
 from ribsr.imresize import imresize
 from ribsr.transforms import augment_index, dihedral
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "IO_BACKENDS",
     "DataError",
     "DiskStore",
@@ -85,24 +85,13 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------------------------- decoding
-def _decode(source: str | io.BytesIO, where: str) -> np.ndarray:
-    """An encoded image (a path or bytes) as uint8 RGB (H, W, 3); grayscale is replicated, alpha dropped."""
+def _decode(source: Path | bytes, where: str) -> np.ndarray:
+    """An image file (or its bytes, named ``where``) as uint8 RGB (H, W, 3), read by :func:`ribsr.imageio.read_rgb8`:
+    EXIF orientation applied, grayscale replicated, alpha dropped, 16-bit samples rounded to 8 bits."""
     try:
-        with Image.open(source) as im:
-            if im.mode == "1":
-                im = im.convert("L")
-            elif im.mode == "LA":
-                im = im.convert("L")
-            elif im.mode in ("P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-                im = im.convert("RGB")
-            elif im.mode not in ("L", "RGB"):
-                raise DataError(f"{where}: unsupported image mode {im.mode} (use 8-bit grayscale or RGB)")
-            arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:  # PIL raises SyntaxError on some bad files
-        raise DataError(f"cannot read image {where}: {exc}") from exc
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
-    return np.ascontiguousarray(arr)
+        return read_rgb8(source, name=where)[0]
+    except ImageReadError as exc:  # its message names the file
+        raise DataError(str(exc)) from exc
 
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes of single-channel (grayscale) images
@@ -227,7 +216,7 @@ def _few(items: Sequence[str], n: int = 5) -> str:
 class DiskStore(ImageStore):
     """Image files of a folder, decoded on every ``get``; key = the file's path relative to the folder, no suffix.
 
-    Without ``meta_info_file``: the folder's image files (``IMAGE_EXTENSIONS``), sorted by key. With it: the files
+    Without ``meta_info_file``: the folder's image files (``IMAGE_SUFFIXES``), sorted by key. With it: the files
     named by the first token of its lines (BasicSR's ``meta_info`` format, e.g. ``0001_s001.png (480,480,3)``), in
     its order. ``select``, if given, restricts the store to those keys (in the store's order).
 
@@ -242,12 +231,12 @@ class DiskStore(ImageStore):
         if not self.root.is_dir():
             raise DataError(f"image folder not found: {self.root}")
         if meta_info_file is None:
-            files = [p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            files = [p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             _check_unique([p.stem for p in files], f"{self.root} (key = file stem)")
             paths = {p.stem: p for p in files}
             keys = sorted(paths)
             if not keys:
-                raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {self.root}")
+                raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {self.root}")
         else:
             names = _read_meta_names(meta_info_file)
             missing = [n for n in names if not (self.root / n).is_file()]
@@ -280,7 +269,7 @@ class DiskStore(ImageStore):
 
     def get(self, key: str) -> np.ndarray:
         path = self.path(key)
-        return _decode(str(path), str(path))
+        return _decode(path, str(path))
 
     def is_grayscale(self, key: str) -> bool:
         path = self.path(key)
@@ -300,7 +289,7 @@ class MemoryStore(DiskStore):
                 self._images[k] = super().get(k)
             except DataError as exc:  # all of them are reported at once
                 where = self.describe(k)
-                problems.append((where, str(exc).removeprefix(f"cannot read image {where}: ")))
+                problems.append((where, str(exc).removeprefix(f"{where}: ")))
         if problems:
             raise bad_files_error(problems, len(self.keys), self.root, "replace or remove them (or list only the "
                                   "good ones in a meta_info_file)")
@@ -319,7 +308,7 @@ class LmdbStore(ImageStore):
 
     ``meta_info.txt`` lines are ``key (h,w,c) compression``; its keys, in its order, are the store's keys
     (``meta_info_file``, if given, is read instead). BasicSR's ``create_lmdb`` writes ``0001.png (96,96,3) 1``
-    for the value stored under ``0001``: an image suffix (``IMAGE_EXTENSIONS``) on a meta_info name is not part of
+    for the value stored under ``0001``: an image suffix (``IMAGE_SUFFIXES``) on a meta_info name is not part of
     the key (a value stored under the whole name, suffix and all, is found too). The LMDB environment is opened
     read-only (no locking, no readahead) on the first ``get`` in each process, so DataLoader workers open their
     own, and shared by every store of that folder in the process.
@@ -356,7 +345,7 @@ class LmdbStore(ImageStore):
         return bytes(buf)
 
     def get(self, key: str) -> np.ndarray:
-        return _decode(io.BytesIO(self._bytes(key)), self.describe(key))
+        return _decode(self._bytes(key), self.describe(key))
 
     def is_grayscale(self, key: str) -> bool:
         return _source_is_gray(io.BytesIO(self._bytes(key)), self.describe(key))
@@ -365,7 +354,7 @@ class LmdbStore(ImageStore):
 def _lmdb_key(name: str) -> str:
     """The LMDB key of a meta_info name: without its image suffix (``0001.png`` -> ``0001``, as BasicSR keys it)."""
     stem, dot, suffix = name.rpartition(".")
-    return stem if dot and stem and f".{suffix.lower()}" in IMAGE_EXTENSIONS else name
+    return stem if dot and stem and f".{suffix.lower()}" in IMAGE_SUFFIXES else name
 
 
 # One read-only environment per LMDB folder and process (LMDB forbids opening one twice in a process):

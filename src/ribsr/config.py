@@ -1,4 +1,8 @@
-"""The network configuration (:class:`SSTConfig`) and the published presets.
+"""The network configurations (:class:`SSTConfig`, :class:`ESCRIBConfig`) and the published presets.
+
+Each architecture has its frozen config class; both share :class:`NetworkConfig` (copying, JSON and dict
+conversion, the checks common to both). :data:`ARCHITECTURES` maps an architecture's name, stored in the JSON
+of every config but SST's (SST's JSON predates the others and names none), to its class.
 
 The names a configuration may use for its upsampler, gate and positional scheme are the keys of the
 module registries (``ribsr.model.UPSAMPLERS``, ``GATES``, ``POSITIONAL``): this module reads them from
@@ -13,7 +17,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ribsr.errors import ProblemsError
 from ribsr.model.layers import GATES
@@ -77,8 +81,115 @@ def _as_tuple(value: Any) -> Any:
     return value
 
 
+def _bounded_int(p: list[str], name: str, value: Any, limits: tuple[int, int]) -> bool:
+    """Append a problem to ``p`` unless ``value`` is an int (not a bool) in ``limits``; True when it is."""
+    lo, hi = limits
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        p.append(f"{name} must be an integer in [{lo}, {hi}], got {_show(value)}")
+        return False
+    return True
+
+
+def _shared_problems(cfg: Any, p: list[str], dim_ok: bool, limits: Mapping[str, tuple[Any, Any]]) -> None:
+    """The checks of the fields both architectures have: the upsampler's width, the RIB MLP, the feed-forward
+    ratio, the names (upsampler, positional scheme, gate), ``name`` and ``scale``; appended to ``p``."""
+    for key in ("intermediate_dim", "rib_hidden_dim", "rib_n_freqs"):
+        _bounded_int(p, key, getattr(cfg, key), limits[key])
+    lo, hi = limits["exp_ratio"]
+    ratio = cfg.exp_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not lo <= ratio <= hi:  # NaN fails too
+        p.append(f"exp_ratio must be a finite number in [{lo}, {hi}], got {_show(ratio)}")
+    elif dim_ok and int(cfg.dim * ratio) < 1:
+        p.append(f"exp_ratio {ratio!r} leaves the feed-forward layer no channels (int(dim * exp_ratio) = 0)")
+    for key in ("upsampler", "attn_type", "gate_type"):
+        if not isinstance(getattr(cfg, key), str):
+            p.append(f"{key} must be a name (a string), got {_show(getattr(cfg, key))}")
+    if cfg.name is not None and not isinstance(cfg.name, str):
+        p.append(f"name must be a string or None, got {_show(cfg.name)}")
+    scales = (2, 3, 4, 8) if cfg.upsampler == "nn+conv" else (2, 3, 4)
+    if isinstance(cfg.scale, bool) or not isinstance(cfg.scale, int) or cfg.scale not in scales:
+        p.append(f"scale (upscaling_factor) must be {', '.join(map(str, scales[:-1]))} or {scales[-1]}"
+                 f"{' with this upsampler' if cfg.upsampler == 'nn+conv' else ''}, got {_show(cfg.scale)}")
+    if isinstance(cfg.upsampler, str) and cfg.upsampler not in UPSAMPLERS:
+        p.append(f"upsampler (upsampler_type) must be one of {list(UPSAMPLERS)}, got {cfg.upsampler!r}")
+    if isinstance(cfg.gate_type, str) and cfg.gate_type not in GATES and cfg.gate_type != "none":
+        p.append(f"gate_type must be one of {list(GATES)} or null ('none'), got {cfg.gate_type!r}")
+    if isinstance(cfg.attn_type, str) and cfg.attn_type not in POSITIONAL:
+        p.append(f"attn_type must be one of {list(POSITIONAL)}, got {cfg.attn_type!r}")
+
+
+def _normalise_names(cfg: Any) -> None:
+    """The paper's spellings of the positional scheme (``Flex``, ``rib``) as ours, and a null gate as ``'none'``."""
+    if isinstance(cfg.attn_type, str):
+        object.__setattr__(cfg, "attn_type", ATTN_TYPE_ALIASES.get(cfg.attn_type.lower(), cfg.attn_type))
+    if cfg.gate_type is None:
+        object.__setattr__(cfg, "gate_type", "none")
+
+
+class NetworkConfig:
+    """What the configs of all architectures share: validation on creation (every problem listed in one
+    :class:`ConfigError`), :meth:`replace`, and conversion to and from dicts and JSON.
+
+    Subclasses are frozen dataclasses that set ``architecture`` (the key of :data:`ARCHITECTURES`) and
+    ``error`` (the :class:`ConfigError` subclass naming the architecture), implement :meth:`problems`, and
+    have ``dim``, ``scale``, ``upsampler`` and ``window_sizes`` (the window size of every attention layer of a
+    block: what tiles are aligned to), as a field or a property.
+    """
+
+    architecture: ClassVar[str]
+    error: ClassVar[type[ConfigError]]
+
+    def problems(self) -> list[str]:
+        """Every problem with this configuration, as readable messages (empty when valid)."""
+        raise NotImplementedError
+
+    def _validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise self.error(problems)
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields (tuples as lists), led by ``architecture`` for every architecture but SST."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return d if self.architecture == DEFAULT_ARCHITECTURE else {"architecture": self.architecture, **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> Any:
+        """Build from a dict of fields (as :meth:`to_dict` writes); unknown and missing fields are listed. An
+        ``architecture`` entry, when present, must name this class's."""
+        error = getattr(cls, "error", ConfigError)
+        if not isinstance(d, Mapping):
+            raise error([f"a config must be a mapping of fields, got {type(d).__name__}"], source)
+        d = dict(d)
+        problems = []
+        architecture = d.pop("architecture", cls.architecture)
+        if architecture != cls.architecture:
+            problems.append(f"architecture must be {cls.architecture!r} for {cls.__name__}, got {_show(architecture)}")
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        problems += [f"unknown field {_show(k)}" for k in sorted(set(d) - {f.name for f in fields}, key=repr)]
+        problems += [f"missing field {f.name!r}" for f in fields if f.name not in d and _required(f)]
+        if problems:
+            raise error(problems, source)
+        try:
+            return cls(**d)
+        except ConfigError as exc:
+            raise type(exc)(exc.problems, source) from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str | None = None) -> Any:
+        """Build from the JSON :meth:`to_json` writes; text that is not a JSON object is a :class:`ConfigError`."""
+        return cls.from_dict(_json_object(text, source), source)
+
+
 @dataclass(frozen=True)
-class SSTConfig:
+class SSTConfig(NetworkConfig):
     """Hyper-parameters of one SST network; everything needed to rebuild it.
 
     Per-layer fields (``window_sizes``, ``num_heads``, ``ranks``) describe the layers of one
@@ -110,6 +221,9 @@ class SSTConfig:
     gate_type: str = "DWC"
     name: str | None = field(default=None, compare=False)
 
+    architecture: ClassVar[str] = "SST"
+    error: ClassVar[type[ConfigError]] = ConfigError
+
     def __post_init__(self) -> None:
         # Accept lists (YAML/JSON) but store tuples so the config stays hashable and frozen.
         for key in ("window_sizes", "num_heads", "ranks"):
@@ -118,52 +232,16 @@ class SSTConfig:
             if isinstance(value, int) and key != "window_sizes" and isinstance(layers, tuple):
                 value = (value,) * min(len(layers), LIMITS["layers"][1] + 1)  # one per layer; more is refused
             object.__setattr__(self, key, value)
-        if isinstance(self.attn_type, str):
-            object.__setattr__(
-                self, "attn_type", ATTN_TYPE_ALIASES.get(self.attn_type.lower(), self.attn_type)
-            )
-        if self.gate_type is None:
-            object.__setattr__(self, "gate_type", "none")
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems)
+        _normalise_names(self)
+        self._validate()
 
     # ------------------------------------------------------------------ validation
     def problems(self) -> list[str]:
         """Every problem with this configuration, as readable messages (empty when valid)."""
         p: list[str] = []
-
-        def bounded_int(name: str, value: Any, limits: tuple[int, int]) -> bool:
-            lo, hi = limits
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                p.append(f"{name} must be an integer in [{lo}, {hi}], got {_show(value)}")
-                return False
-            return True
-
-        dim_ok = bounded_int("dim", self.dim, LIMITS["dim"])
-        for key in ("n_blocks", "intermediate_dim", "rib_hidden_dim", "rib_n_freqs"):
-            bounded_int(key, getattr(self, key), LIMITS[key])
-        lo, hi = LIMITS["exp_ratio"]
-        ratio = self.exp_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not lo <= ratio <= hi:  # NaN fails too
-            p.append(f"exp_ratio must be a finite number in [{lo}, {hi}], got {_show(ratio)}")
-        elif dim_ok and int(self.dim * ratio) < 1:
-            p.append(f"exp_ratio {ratio!r} leaves the feed-forward layer no channels (int(dim * exp_ratio) = 0)")
-        for key in ("upsampler", "attn_type", "gate_type"):
-            if not isinstance(getattr(self, key), str):
-                p.append(f"{key} must be a name (a string), got {_show(getattr(self, key))}")
-        if self.name is not None and not isinstance(self.name, str):
-            p.append(f"name must be a string or None, got {_show(self.name)}")
-        scales = (2, 3, 4, 8) if self.upsampler == "nn+conv" else (2, 3, 4)
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale not in scales:
-            p.append(f"scale (upscaling_factor) must be {', '.join(map(str, scales[:-1]))} or {scales[-1]}"
-                     f"{' with this upsampler' if self.upsampler == 'nn+conv' else ''}, got {_show(self.scale)}")
-        if isinstance(self.upsampler, str) and self.upsampler not in UPSAMPLERS:
-            p.append(f"upsampler (upsampler_type) must be one of {list(UPSAMPLERS)}, got {self.upsampler!r}")
-        if isinstance(self.gate_type, str) and self.gate_type not in GATES and self.gate_type != "none":
-            p.append(f"gate_type must be one of {list(GATES)} or null ('none'), got {self.gate_type!r}")
-        if isinstance(self.attn_type, str) and self.attn_type not in POSITIONAL:
-            p.append(f"attn_type must be one of {list(POSITIONAL)}, got {self.attn_type!r}")
+        dim_ok = _bounded_int(p, "dim", self.dim, LIMITS["dim"])
+        _bounded_int(p, "n_blocks", self.n_blocks, LIMITS["n_blocks"])
+        _shared_problems(self, p, dim_ok, LIMITS)
 
         seqs = {}
         max_layers = LIMITS["layers"][1]
@@ -206,45 +284,6 @@ class SSTConfig:
         return int(self.dim * self.exp_ratio)
 
     # ------------------------------------------------------------------ conversion
-    def replace(self, **changes: Any) -> SSTConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for key in ("window_sizes", "num_heads", "ranks"):
-            d[key] = list(d[key])
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> SSTConfig:
-        """Build from a dict of fields (as :meth:`to_dict` writes); unknown and missing fields are listed."""
-        fields = dataclasses.fields(cls)
-        if not isinstance(d, Mapping):
-            raise ConfigError([f"a config must be a mapping of fields, got {type(d).__name__}"], source)
-        problems = [f"unknown field {_show(k)}" for k in sorted(set(d) - {f.name for f in fields}, key=repr)]
-        problems += [f"missing field {f.name!r}" for f in fields if f.name not in d and _required(f)]
-        if problems:
-            raise ConfigError(problems, source)
-        try:
-            return cls(**dict(d))
-        except ConfigError as exc:
-            raise ConfigError(exc.problems, source) from None
-
-    @classmethod
-    def from_json(cls, text: str, source: str | None = None) -> SSTConfig:
-        """Build from the JSON :meth:`to_json` writes; text that is not a JSON object is a :class:`ConfigError`."""
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long ints, deep nesting
-            raise ConfigError([f"not valid JSON ({str(exc)[:200]})"], source) from None
-        if not isinstance(data, dict):
-            raise ConfigError([f"the JSON must be an object of config fields, got {type(data).__name__}"], source)
-        return cls.from_dict(data, source)
-
     def to_network_g(self) -> dict[str, Any]:
         """The equivalent ``network_g`` block of the paper's YAML files."""
         return {
@@ -286,6 +325,16 @@ class SSTConfig:
         return cls.from_dict(kwargs, source)
 
 
+def _json_object(text: str, source: str | None) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long ints, deep nesting
+        raise ConfigError([f"not valid JSON ({str(exc)[:200]})"], source) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"the JSON must be an object of config fields, got {type(data).__name__}"], source)
+    return data
+
+
 def _required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
@@ -295,6 +344,189 @@ NETWORK_G_KEYS = frozenset({
     "type", "dim", "window_sizes", "num_heads", "ranks", "n_blocks", "exp_ratio", "attn_type", "rib_hidden_dim",
     "rib_n_freqs", "upscaling_factor", "upsampler_type", "gate_type", "intermediate_dim",
 })
+
+
+# ---------------------------------------------------------------------- ESC-RIB
+class ESCRIBConfigError(ConfigError):
+    """One or more fields of an ESC-RIB configuration are invalid (all are listed)."""
+
+    what = "invalid ESC-RIB configuration"
+
+
+# Inclusive bounds of ESCRIBConfig's numeric fields (see its docstring); the shared ones as SST's.
+ESCRIB_LIMITS: dict[str, tuple[Any, Any]] = {
+    **{k: LIMITS[k] for k in ("dim", "n_blocks", "window_size", "num_heads", "rank", "intermediate_dim",
+                              "rib_hidden_dim", "rib_n_freqs", "exp_ratio")},
+    "pdim": (2, 1024),
+    "kernel_size": (1, 63),
+    "conv_blocks": (1, 32),
+}
+
+
+@dataclass(frozen=True)
+class ESCRIBConfig(NetworkConfig):
+    """Hyper-parameters of one ESC-RIB network (:class:`ribsr.model.esc.ESCRIB`); everything needed to rebuild it.
+
+    ``n_blocks`` blocks, each: one window attention (``window_size``, ``num_heads``, RIB ``rank``, no shift)
+    and ``conv_blocks`` convolutional attention units whose first ``pdim`` channels go through the network's
+    shared ``kernel_size`` x ``kernel_size`` filter. ``use_ln`` puts a LayerNorm before each unit. The size
+    fields and ``rank`` have no defaults (the presets give them, :func:`preset`); the others default to the
+    paper's class defaults, except ``attn_type`` (``RIB`` here; :meth:`from_network_g` gives a block without
+    one the paper's default, RPB).
+
+    Bounds (:data:`ESCRIB_LIMITS`; the published preset in brackets): ``dim`` 1..1024 (64), ``pdim`` 2..1024
+    and at most ``dim`` (16), ``kernel_size`` an odd integer in 1..63 (13), ``n_blocks`` 1..64 (5),
+    ``conv_blocks`` 1..32 (5), ``window_size`` 1..128 (64), ``num_heads`` 1..64 and a divisor of ``dim`` (4),
+    ``rank`` 1..256 (16), ``intermediate_dim`` 1..1024, ``rib_hidden_dim`` 1..1024 (32), ``rib_n_freqs``
+    0..32 (10), ``exp_ratio`` a finite number in [0.125, 16] (1.25); ``scale`` 2, 3 or 4 (``nn+conv`` also
+    takes 8). Integer fields take Python ints only (not bools, not floats).
+    """
+
+    dim: int
+    pdim: int
+    kernel_size: int
+    n_blocks: int
+    conv_blocks: int
+    window_size: int
+    num_heads: int
+    rank: int
+    exp_ratio: float = 2.0
+    scale: int = 2
+    upsampler: str = "pixelshuffle_direct"
+    intermediate_dim: int = 64
+    attn_type: str = "RIB"
+    rib_hidden_dim: int = 64
+    rib_n_freqs: int = 10
+    gate_type: str = "none"
+    use_ln: bool = False
+    name: str | None = field(default=None, compare=False)
+
+    architecture: ClassVar[str] = "ESCRIB"
+    error: ClassVar[type[ConfigError]] = ESCRIBConfigError
+
+    def __post_init__(self) -> None:
+        _normalise_names(self)
+        self._validate()
+
+    def problems(self) -> list[str]:
+        """Every problem with this configuration, as readable messages (empty when valid)."""
+        p: list[str] = []
+        lim = ESCRIB_LIMITS
+        dim_ok = _bounded_int(p, "dim", self.dim, lim["dim"])
+        for key in ("n_blocks", "conv_blocks", "window_size", "rank"):
+            _bounded_int(p, key, getattr(self, key), lim[key])
+        if _bounded_int(p, "pdim", self.pdim, lim["pdim"]) and dim_ok and self.pdim > self.dim:
+            p.append(f"pdim {self.pdim} exceeds dim {self.dim} (the large kernel acts on the first pdim channels)")
+        if _bounded_int(p, "kernel_size", self.kernel_size, lim["kernel_size"]) and self.kernel_size % 2 == 0:
+            p.append(f"kernel_size must be odd (the large kernel keeps the image size), got {self.kernel_size}")
+        if _bounded_int(p, "num_heads", self.num_heads, lim["num_heads"]) and dim_ok:
+            if self.dim % self.num_heads:
+                p.append(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+            elif self.attn_type == "RoPE" and (head_dim := self.dim // self.num_heads) % 2:
+                p.append(f"attn_type RoPE needs an even head dimension (dim / num_heads), got {head_dim}")
+        if not isinstance(self.use_ln, bool):
+            p.append(f"use_ln must be true or false, got {_show(self.use_ln)}")
+        _shared_problems(self, p, dim_ok, lim)
+        if self.attn_type == "CPE":
+            p.append("attn_type CPE is an SST layer's scheme (a convolution on the layer input); ESC-RIB has none")
+        return p
+
+    # ------------------------------------------------------------------ derived facts
+    @property
+    def window_sizes(self) -> tuple[int, ...]:
+        """The window size of the attention layer of a block, as a one-entry tuple (as SSTConfig's field)."""
+        return (self.window_size,)
+
+    @property
+    def ffn_hidden(self) -> int:
+        """Channels of the feed-forward layers inside the convolutional units: int(dim * exp_ratio)."""
+        return int(self.dim * self.exp_ratio)
+
+    # ------------------------------------------------------------------ conversion
+    def to_network_g(self) -> dict[str, Any]:
+        """The equivalent ``network_g`` block of the paper's YAML files."""
+        return {
+            "type": "ESCRIB",
+            "dim": self.dim,
+            "pdim": self.pdim,
+            "kernel_size": self.kernel_size,
+            "n_blocks": self.n_blocks,
+            "conv_blocks": self.conv_blocks,
+            "window_size": self.window_size,
+            "num_heads": self.num_heads,
+            "upscaling_factor": self.scale,
+            "exp_ratio": self.exp_ratio,
+            "attn_type": self.attn_type,
+            "use_ln": self.use_ln,
+            "rank": self.rank,
+            "rib_hidden_dim": self.rib_hidden_dim,
+            "rib_n_freqs": self.rib_n_freqs,
+            "gate_type": None if self.gate_type == "none" else self.gate_type,
+            "upsampler_type": self.upsampler,
+            "intermediate_dim": self.intermediate_dim,
+        }
+
+    @classmethod
+    def from_network_g(cls, network_g: Mapping[str, Any], source: str | None = None) -> ESCRIBConfig:
+        """Build from a ``network_g`` dict as in the paper's YAML files (``type: ESCRIB``; ``type`` is not checked).
+
+        Keys left out, or null, take the paper's class defaults: ``attn_type`` its ``Flex`` (RPB here), ``rank``
+        ``flashbias_rank`` or else 256 - dim / num_heads, ``rib_hidden_dim`` 64 (null: 32), ``rib_n_freqs`` 10,
+        ``gate_type`` none, ``exp_ratio`` 2.
+        """
+        if not isinstance(network_g, Mapping):
+            raise ESCRIBConfigError([f"network_g must be a mapping, got {type(network_g).__name__}"], source)
+        rename = {"upscaling_factor": "scale", "upsampler_type": "upsampler"}
+        allowed = ESCRIB_NETWORK_G_KEYS | {f.name for f in dataclasses.fields(cls)}
+        problems = [f"unknown network_g key {_show(k)}" for k in sorted(set(network_g) - allowed, key=repr)]
+        required = ("dim", "pdim", "kernel_size", "n_blocks", "conv_blocks", "window_size", "num_heads")
+        problems += [f"missing network_g key {k!r}" for k in required if k not in network_g]
+        if problems:
+            raise ESCRIBConfigError(problems, source)
+        kwargs = {rename.get(k, k): v for k, v in network_g.items() if k not in ("type", "flashbias_rank")}
+        if kwargs.get("rank") is None:  # the paper's WindowAttention2D: rank, else flashbias_rank, else 256 - D
+            rank = network_g.get("flashbias_rank")
+            dim, heads = kwargs["dim"], kwargs["num_heads"]
+            if rank is None and isinstance(dim, int) and isinstance(heads, int) and heads > 0:
+                rank = 256 - dim // heads
+            kwargs["rank"] = rank
+        kwargs.setdefault("attn_type", "RPB")  # the paper's class default, 'Flex': relative position bias
+        if kwargs.get("rib_hidden_dim", 64) is None:
+            kwargs["rib_hidden_dim"] = 32  # the paper's attention layer takes null as 32
+        if kwargs.get("rib_n_freqs", 10) is None:
+            kwargs["rib_n_freqs"] = 10
+        return cls.from_dict(kwargs, source)
+
+
+# The keys of the paper's ESCRIB network_g blocks (``type`` is ignored).
+ESCRIB_NETWORK_G_KEYS = frozenset({
+    "type", "dim", "pdim", "kernel_size", "n_blocks", "conv_blocks", "window_size", "num_heads", "upscaling_factor",
+    "exp_ratio", "attn_type", "use_ln", "flashbias_rank", "rank", "rib_hidden_dim", "rib_n_freqs", "gate_type",
+    "upsampler_type", "intermediate_dim",
+})
+
+# Architecture name (a config's ``architecture``, the JSON's "architecture" entry) -> its config class.
+DEFAULT_ARCHITECTURE = "SST"  # what a config's JSON without an "architecture" entry describes
+ARCHITECTURES: dict[str, type[NetworkConfig]] = {"SST": SSTConfig, "ESCRIB": ESCRIBConfig}
+# The ``type`` of a paper's network_g block -> the class that reads it (its from_network_g).
+NETWORK_G_TYPES: dict[str, type[NetworkConfig]] = {"SST": SSTConfig, "ESCRIB": ESCRIBConfig}
+
+
+def config_from_dict(d: Mapping[str, Any], source: str | None = None) -> SSTConfig | ESCRIBConfig:
+    """The config a dict of fields describes (as :meth:`NetworkConfig.to_dict` writes), of the architecture its
+    ``architecture`` entry names (SST without one)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError([f"a config must be a mapping of fields, got {type(d).__name__}"], source)
+    name = d.get("architecture", DEFAULT_ARCHITECTURE)
+    cls = ARCHITECTURES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ConfigError([f"architecture must be one of {list(ARCHITECTURES)}, got {_show(name)}"], source)
+    return cls.from_dict(d, source)
+
+
+def config_from_json(text: str, source: str | None = None) -> SSTConfig | ESCRIBConfig:
+    """The config in the JSON :meth:`NetworkConfig.to_json` writes (a checkpoint's metadata), of any architecture."""
+    return config_from_dict(_json_object(text, source), source)
 
 
 # ---------------------------------------------------------------------- presets
@@ -343,21 +575,47 @@ PUBLISHED_PARAMS_M: dict[str, tuple[float, float, float]] = {
 }
 
 
+# ESC-RIB: the network_g of the paper's options/test/ESCRIB_X{2,3,4}.yaml (the three differ only in the scale),
+# and a tiny network of the same structure for tests.
+ESCRIB_PRESETS: dict[str, dict[str, Any]] = {
+    "escrib": dict(
+        dim=64, pdim=16, kernel_size=13, n_blocks=5, conv_blocks=5, window_size=64, num_heads=4, rank=16,
+        exp_ratio=1.25, attn_type="RIB", rib_hidden_dim=32, rib_n_freqs=10, gate_type="DWC",
+        upsampler="pixelshuffle_direct",
+    ),
+    "escrib-tiny": dict(
+        dim=16, pdim=4, kernel_size=5, n_blocks=2, conv_blocks=2, window_size=8, num_heads=2, rank=4,
+        exp_ratio=1.25, attn_type="RIB", rib_hidden_dim=8, rib_n_freqs=2, gate_type="DWC",
+        upsampler="pixelshuffle_direct",
+    ),
+}
+
+#: Every preset name, SST's (:data:`PRESETS`) and ESC-RIB's (:data:`ESCRIB_PRESETS`).
+ALL_PRESETS: tuple[str, ...] = (*PRESETS, *ESCRIB_PRESETS)
+
+
 def preset_name(name: str) -> str | None:
-    """The :data:`PRESETS` key a spelling names, or None: case is ignored and ``_plus``/``-plus`` mean ``+``
-    (``"BASE_plus"`` -> ``"base+"``)."""
+    """The preset key (of :data:`PRESETS` or :data:`ESCRIB_PRESETS`) a spelling names, or None: case is ignored,
+    ``_plus``/``-plus`` mean ``+`` (``"BASE_plus"`` -> ``"base+"``), and ``_`` is ``-`` and ``esc-rib`` is
+    ``escrib`` (``"ESC_RIB"`` -> ``"escrib"``)."""
     key = name.strip().lower().replace("_plus", "+").replace("-plus", "+")
-    return key if key in PRESETS else None
+    if key in PRESETS:
+        return key
+    key = key.replace("_", "-").replace("esc-rib", "escrib")
+    return key if key in ESCRIB_PRESETS else None
 
 
-def preset(name: str, scale: int = 2, **overrides: Any) -> SSTConfig:
-    """The configuration of a published model (``light``, ``base+``, ...; see :func:`preset_name`) at ``scale``.
+def preset(name: str, scale: int = 2, **overrides: Any) -> SSTConfig | ESCRIBConfig:
+    """The configuration of a published model (``light``, ``base+``, ..., ``escrib``; see :func:`preset_name`)
+    at ``scale``: an :class:`SSTConfig`, or an :class:`ESCRIBConfig` for the ESC-RIB presets.
 
     ``overrides`` replace fields (e.g. ``n_blocks=2``); the config keeps the preset's name.
     """
     key = preset_name(name)
     if key is None:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(ALL_PRESETS)}")
+    if key in ESCRIB_PRESETS:
+        return ESCRIBConfig(**{**ESCRIB_PRESETS[key], "scale": scale, "name": key, **overrides})
     return SSTConfig(**{**PRESETS[key], "scale": scale, "name": key, **overrides})
 
 

@@ -50,7 +50,8 @@ class ModelInfo:
 def model_info(model: nn.Module, *, scale: int | None = None, multiple_of: int | None = None) -> ModelInfo:
     """The :class:`ModelInfo` of ``model``; ``scale``/``multiple_of`` override what the model says.
 
-    A model with no ``info`` and no SST-like ``config`` (``scale``, ``window_sizes``) needs both overrides.
+    A model with no ``info`` and no SST-like ``config`` (``scale``, ``window_sizes``; ``num_heads`` a list or one
+    count) needs both overrides.
     """
     info = getattr(model, "info", None)
     if not isinstance(info, ModelInfo):
@@ -75,7 +76,8 @@ def _from_config(model: nn.Module) -> ModelInfo | None:
     windows = tuple(int(w) for w in getattr(config, "window_sizes", None) or ())
     if not isinstance(scale, int) or not windows:
         return None
-    heads = tuple(getattr(config, "num_heads", None) or (1,) * len(windows))
+    heads = getattr(config, "num_heads", None) or (1,) * len(windows)
+    heads = (heads,) * len(windows) if isinstance(heads, int) else tuple(heads)  # ESC-RIB: one count for all
     setter = getattr(model, "set_bias_cache", None)
     return ModelInfo(
         scale=scale,

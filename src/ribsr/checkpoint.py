@@ -1,4 +1,10 @@
-"""Reading and writing checkpoints (the paper's ``.pth`` files and our ``.safetensors``)."""
+"""Reading and writing checkpoints (the paper's ``.pth`` files and our ``.safetensors``), of SST and ESC-RIB.
+
+Our files carry their config (with its architecture) in the metadata. The paper's files carry none: their
+architecture shows in their parameter names (:func:`state_architecture`), their sizes in the shapes, but not
+their window sizes, so loading one takes a config (a preset name such as ``light`` or ``escrib``, or the
+``network_g`` it was trained with).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +22,20 @@ import torch
 import torch.nn.functional as F
 
 from ribsr.assets import BUNDLED_MODELS, DEFAULT_MODEL, REAL_MODEL, bundled_model_path
-from ribsr.build import ConfigSpec, build_sst, resolve_config
-from ribsr.config import PRESETS, SSTConfig, preset, preset_name
+from ribsr.build import ConfigSpec, Network, build_network, resolve_config
+from ribsr.config import (
+    ALL_PRESETS,
+    DEFAULT_ARCHITECTURE,
+    ESCRIBConfig,
+    NetworkConfig,
+    SSTConfig,
+    config_from_json,
+    preset,
+    preset_name,
+)
 from ribsr.devices import resolve_device
 from ribsr.files import atomic_write, disk_space_hint, not_a_file
 from ribsr.hub import fetch, is_url, redact
-from ribsr.model import SST
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +100,8 @@ def read_state(path: Path, fmt: str, param_key: str | None = None) -> tuple[Stat
         except (SafetensorError, OSError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
         config = None
-        if "ribsr_config" in meta:  # a JSON object of SSTConfig fields (ConfigError names the file and field)
-            config = SSTConfig.from_json(meta["ribsr_config"], source=f"{path}, metadata field 'ribsr_config'")
+        if "ribsr_config" in meta:  # a JSON object of config fields (ConfigError names the file and field)
+            config = config_from_json(meta["ribsr_config"], source=f"{path}, metadata field 'ribsr_config'")
         check_tensors(state, str(path))
         return _strip_prefix(state), config
     try:
@@ -168,9 +182,9 @@ def check_tensors(state: Mapping[str, torch.Tensor], source: str) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def _expected_shapes(config: SSTConfig) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(config: SSTConfig | ESCRIBConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        model = build_sst(config)
+        model = build_network(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -193,8 +207,38 @@ def _shape(state: StateDict, key: str, ndim: int) -> tuple[int, ...] | None:
     return tuple(t.shape) if isinstance(t, torch.Tensor) and t.ndim == ndim else None
 
 
-def structure_problems(state: StateDict, config: SSTConfig) -> list[str]:
-    """The fields of ``config`` that a state dict's shapes contradict, found without building anything.
+_ESCRIB_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.ln_proj\.")  # ESC-RIB block N
+_ESCRIB_UNIT_KEY = re.compile(r"blocks\.0\.pconvs\.(\d+)\.aggr\.")  # convolutional unit J of the first block
+_ESCRIB_SIGNS = re.compile(r"plk_filter$|blocks\.\d+\.pconvs\.")
+_SST_SIGNS = re.compile(r"body\.\d+\.\d+\.attn\.to_qkv\.")
+
+# Architecture -> the words its parameter names are recognised by (for messages).
+_SIGNS_SHOWN = {"ESCRIB": "plk_filter, blocks.N.pconvs.*", "SST": "body.N.J.attn.*"}
+
+
+def state_architecture(state: StateDict) -> str | None:
+    """The architecture a state dict's parameter names show: ``"ESCRIB"`` (``plk_filter``, ``blocks.N.pconvs.*``),
+    ``"SST"`` (``body.N.J.attn.*``), or None (neither)."""
+    if any(_ESCRIB_SIGNS.match(k) for k in state):
+        return "ESCRIB"
+    if any(_SST_SIGNS.match(k) for k in state):
+        return "SST"
+    return None
+
+
+def structure_problems(state: StateDict, config: SSTConfig | ESCRIBConfig) -> list[str]:
+    """The fields of ``config`` that a state dict's shapes contradict, found without building anything: first
+    its architecture (when the names show one), then the checks of that architecture (:data:`STRUCTURE_CHECKS`).
+    """
+    shown = state_architecture(state)
+    if shown is not None and shown != config.architecture:
+        return [f"architecture: the config is {config.architecture}, the weights are {shown} ({_SIGNS_SHOWN[shown]}); "
+                f"pass a config of an {shown} network"]
+    return STRUCTURE_CHECKS[config.architecture](state, config)
+
+
+def _sst_structure_problems(state: StateDict, config: SSTConfig) -> list[str]:
+    """The SST fields of ``config`` that a state dict's shapes contradict, found without building anything.
 
     Checked: ``dim`` (``proj``), ``n_blocks`` (the residual blocks ``body.N``), the layers per block, and
     for each layer of the first block its head count and rank (RIB, FlashBias, RPB tensors), its window size
@@ -245,7 +289,47 @@ def structure_problems(state: StateDict, config: SSTConfig) -> list[str]:
     return p
 
 
-def fitting_configs(state: StateDict, candidates: Iterable[SSTConfig]) -> list[SSTConfig]:
+def _escrib_structure_problems(state: StateDict, config: ESCRIBConfig) -> list[str]:
+    """The ESC-RIB fields of ``config`` that a state dict's shapes contradict: ``dim`` (``proj``), ``pdim`` and
+    ``kernel_size`` (``plk_filter``), ``n_blocks`` (``blocks.N``), ``conv_blocks`` (the first block's units),
+    the head count, rank and RIB width (``to_q``), the window size where the weights hold one (RPB,
+    FlashBias) and the units' feed-forward width (``exp_ratio``)."""
+    p: list[str] = []
+    proj = _shape(state, "proj.weight", 4)
+    if proj is not None and proj[0] != config.dim:
+        p.append(f"dim: the config says {config.dim}, proj.weight has {proj[0]} output channels")
+    plk = _shape(state, "plk_filter", 4)  # (pdim, pdim, k, k)
+    if plk is not None and (plk[0], plk[2]) != (config.pdim, config.kernel_size):
+        p.append(f"pdim, kernel_size: the config says {config.pdim}, {config.kernel_size}, plk_filter is {plk}")
+    blocks = {int(m.group(1)) for k in state if (m := _ESCRIB_BLOCK_KEY.match(k))}
+    if len(blocks) != config.n_blocks:
+        p.append(f"n_blocks: the config says {config.n_blocks}, the weights hold {len(blocks)} block(s) (blocks.N.*)")
+    units = {int(m.group(1)) for k in state if (m := _ESCRIB_UNIT_KEY.match(k))}
+    if len(units) != config.conv_blocks:
+        p.append(f"conv_blocks: the config says {config.conv_blocks}, the first block of the weights holds "
+                 f"{len(units)} (blocks.0.pconvs.J)")
+    pre = "blocks.0.attn."
+    rib = _shape(state, pre + "to_q", 3)  # (heads, rib_hidden_dim, rank)
+    told = {"num_heads": rib[0], "rib_hidden_dim": rib[1], "rank": rib[2]} if rib else {}
+    if (factors := _shape(state, pre + "flashbias_q", 3)) is not None:  # (heads, ws * ws, rank)
+        told.update(num_heads=factors[0], rank=factors[2], window_size=math.isqrt(factors[1]))
+    if (rpb := _shape(state, pre + "relative_position_bias", 2)) is not None:  # (heads, (2 ws - 1)**2)
+        told.update(num_heads=rpb[0], window_size=(math.isqrt(rpb[1]) + 1) // 2)
+    for name, value in told.items():
+        if value != getattr(config, name):
+            p.append(f"{name}: the config says {getattr(config, name)}, the first block's attention weights {value}")
+    ffn = _shape(state, "blocks.0.convffns.0.proj.weight", 4)
+    if ffn is not None and ffn[0] != config.ffn_hidden:
+        p.append(f"exp_ratio: the config's {config.exp_ratio} gives {config.ffn_hidden} feed-forward channels "
+                 f"(int(dim * exp_ratio)), blocks.0.convffns.0.proj.weight has {ffn[0]}")
+    return p
+
+
+# Architecture -> its structure check (see structure_problems).
+STRUCTURE_CHECKS = {"SST": _sst_structure_problems, "ESCRIB": _escrib_structure_problems}
+
+
+def fitting_configs(state: StateDict, candidates: Iterable[NetworkConfig]) -> list[NetworkConfig]:
     """The candidates whose parameter names and shapes equal the checkpoint's, in the candidates' order.
 
     Window sizes are not stored in the weights: candidates that differ only in them fit alike.
@@ -257,12 +341,14 @@ def fitting_configs(state: StateDict, candidates: Iterable[SSTConfig]) -> list[S
 
 def matching_presets(state: StateDict) -> list[str]:
     """Preset names (with scale, e.g. ``light x2``) whose parameter names and shapes equal the checkpoint's."""
-    candidates = (preset(name, scale=scale) for name in PRESETS for scale in (2, 3, 4))
+    candidates = (preset(name, scale=scale) for name in ALL_PRESETS for scale in (2, 3, 4))
     return [f"{config.name} x{config.scale}" for config in fitting_configs(state, candidates)]
 
 
 def describe_state(state: StateDict) -> str:
     """What a state dict's shapes tell about its network (window sizes are not among them)."""
+    if state_architecture(state) == "ESCRIB":
+        return _describe_escrib_state(state)
     facts = []
     if (proj := _shape(state, "proj.weight", 4)) is not None:
         facts.append(f"dim={proj[0]}")
@@ -272,10 +358,29 @@ def describe_state(state: StateDict) -> str:
     heads = [h for j in sorted(layers) if (h := _shape(state, f"body.0.{j}.attn.to_q", 3)) is not None]
     if heads:
         facts.append(f"num_heads={[h[0] for h in heads]}, ranks={[h[2] for h in heads]}, rib_hidden_dim={heads[0][1]}")
+    facts.append(_upsampler_facts(state))
+    return ", ".join(facts)
+
+
+def _upsampler_facts(state: StateDict) -> str:
     kinds = {"upsampler.f_img.0.weight": "nn+conv", "upsampler.feature_conv.weight": "pixelshuffle"}
     upsampler = next((v for k, v in kinds.items() if k in state), "pixelshuffle_direct")
     scale = checkpoint_scale(state, upsampler)
-    facts.append(f"upsampler={upsampler}" + (f" x{scale}" if scale else ""))
+    return f"upsampler={upsampler}" + (f" x{scale}" if scale else "")
+
+
+def _describe_escrib_state(state: StateDict) -> str:
+    facts = ["ESC-RIB"]
+    if (proj := _shape(state, "proj.weight", 4)) is not None:
+        facts.append(f"dim={proj[0]}")
+    if (plk := _shape(state, "plk_filter", 4)) is not None:
+        facts.append(f"pdim={plk[0]}, kernel_size={plk[2]}")
+    blocks = {int(m.group(1)) for k in state if (m := _ESCRIB_BLOCK_KEY.match(k))}
+    units = {int(m.group(1)) for k in state if (m := _ESCRIB_UNIT_KEY.match(k))}
+    facts.append(f"n_blocks={len(blocks)}, conv_blocks={len(units)}")
+    if (rib := _shape(state, "blocks.0.attn.to_q", 3)) is not None:
+        facts.append(f"num_heads={rib[0]}, rank={rib[2]}, rib_hidden_dim={rib[1]}")
+    facts.append(_upsampler_facts(state))
     return ", ".join(facts)
 
 
@@ -318,7 +423,7 @@ def _fit_hint(state: StateDict) -> str:
     )
 
 
-def _check_fit(state: StateDict, config: SSTConfig, path: Path, original: StateDict | None = None) -> None:
+def _check_fit(state: StateDict, config: NetworkConfig, path: Path, original: StateDict | None = None) -> None:
     what = f"{config.name or ''}{' ' if config.name else ''}x{config.scale}"
     # The fields the shapes contradict, found before anything is built: a config may claim far more than the
     # file holds (n_blocks=64 for one block), and building it even on the meta device would take long.
@@ -359,9 +464,9 @@ _resize = resize_upsampler  # load_model's argument of that name shadows the fun
 
 
 def _declared_scale(spec: ConfigSpec) -> int | None:
-    """The scale a config states itself: an SSTConfig's, a network_g's ``upscaling_factor`` (or ``scale``), an
+    """The scale a config states itself: a config object's, a network_g's ``upscaling_factor`` (or ``scale``), an
     option file's ``scale``; None for preset names and blocks without one (the dataclass default is no claim)."""
-    if isinstance(spec, SSTConfig):
+    if isinstance(spec, NetworkConfig):
         return spec.scale
     if isinstance(spec, Mapping):
         data: Mapping = spec
@@ -379,15 +484,18 @@ def _declared_scale(spec: ConfigSpec) -> int | None:
 
 
 def _at_scale(
-    path: Path, state: StateDict, stored: SSTConfig | None, config: ConfigSpec | None, scale: int | None,
+    path: Path, state: StateDict, stored: NetworkConfig | None, config: ConfigSpec | None, scale: int | None,
     resize: bool,
-) -> tuple[SSTConfig, StateDict]:
+) -> tuple[SSTConfig | ESCRIBConfig, StateDict]:
     """The config to build and the state dict to load: the scales of the weights, the config and ``scale``
     must agree unless ``resize`` (then the upsampler is resized to the asked scale)."""
     if config is None:
         if stored is None:
             fits = matching_presets(state)
             hint = f" (its shapes fit: {', '.join(fits)}; window sizes are not stored in weights)" if fits else ""
+            shown = state_architecture(state)
+            if shown is not None and shown != DEFAULT_ARCHITECTURE:  # SST's files went without saying so
+                hint += f"; its parameter names are {shown}'s ({_SIGNS_SHOWN[shown]}): {describe_state(state)}"
             raise CheckpointError(f"{path} carries no configuration; pass a config (preset name or YAML){hint}")
         cfg, declared = stored, stored.scale
     else:
@@ -435,8 +543,8 @@ def load_model(
     sha256: str | None = None,
     progress: bool = True,
     resize_upsampler: bool = False,
-) -> SST:
-    """An eval-mode SST with the weights of a checkpoint.
+) -> Network:
+    """An eval-mode network (SST or ESC-RIB, as its config says) with the weights of a checkpoint.
 
     ``path`` ``"default"`` or ``"real"`` (when no such file exists) is the bundled bicubic or real-world model of
     ``scale`` (default: x2 where it ships, else its only scale), trained with ``ribsr train`` (docs/models.md).
@@ -459,7 +567,7 @@ def load_model(
     origin, path = path, fetch(path, sha256=sha256, progress=progress)
     state, stored = _read_local(path, origin)
     cfg, state = _at_scale(path, state, stored, config, scale, resize_upsampler)
-    model = build_sst(cfg, attention=attention)
+    model = build_network(cfg, attention=attention)
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval()
 
@@ -477,7 +585,7 @@ def _weights_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 
 # ------------------------------------------------------------------------------------------ writing
-def save_model(model: SST, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+def save_model(model: Network, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
     """Write a model's weights and config as ``.safetensors`` (tensors made contiguous, on CPU)."""
     from safetensors.torch import save_file
 
@@ -516,7 +624,7 @@ def resolve_model(
     progress: bool = True,
     resize_upsampler: bool = False,
     denoise: float | None = None,
-) -> SST:
+) -> Network:
     """The model a ``--model`` option names: a checkpoint path or URL, ``"real"`` for the bundled real-world
     model, or None (or ``"default"``) for the bundled bicubic model, of ``scale``.
 
@@ -537,8 +645,8 @@ def resolve_model(
                       scale=scale, sha256=sha256, progress=progress, resize_upsampler=resize_upsampler)
 
 
-def blend_models(base: SST, other: SST, strength: float) -> SST:
-    """A new eval-mode SST with ``base``'s config and the weights ``(1 - strength) * base + strength * other``
+def blend_models(base: Network, other: Network, strength: float) -> Network:
+    """A new eval-mode network with ``base``'s config and the weights ``(1 - strength) * base + strength * other``
     (deep network interpolation, as Real-ESRGAN's ``-dn``): exactly ``base``'s at 0 and ``other``'s at 1.
 
     Both models must have the same config; ``strength`` must be in [0, 1]. Blending is done in float32 and the
@@ -562,7 +670,7 @@ def blend_models(base: SST, other: SST, strength: float) -> SST:
     return model.eval()
 
 
-def load_pretrained(model: SST, path: str | Path, param_key: str = "params", strict: bool = True) -> None:
+def load_pretrained(model: Network, path: str | Path, param_key: str = "params", strict: bool = True) -> None:
     """Load the weights of a training's ``path.pretrain_network_g`` into ``model``: the ``param_key`` entry of a
     ``.pth`` (a bare state dict as it is), or our ``.safetensors``; an upsampler trained for another scale is
     resized to the model's (fine-tuning x3/x4 from x2). ``strict`` False logs the missing and unexpected keys."""
@@ -580,16 +688,17 @@ def load_pretrained(model: SST, path: str | Path, param_key: str = "params", str
     log.info("loaded pretrained weights from %s", path)
 
 
-def describe(model: SST) -> str:
-    """One line: preset/scale, parameters, attention path."""
+def describe(model: Network) -> str:
+    """One line: architecture, preset/scale, parameters, attention path."""
     n = sum(p.numel() for p in model.parameters())
     c = model.config
-    return f"SST {c.name or 'custom'} x{c.scale} ({n / 1e6:.3f} M parameters, attention={model.attention})"
+    return f"{type(model).__name__} {c.name or 'custom'} x{c.scale} ({n / 1e6:.3f} M parameters, " \
+        f"attention={model.attention})"
 
 
 __all__ = [
     "CheckpointError", "checkpoint_scale", "convert_checkpoint", "describe", "fitting_configs", "load_pretrained",
     "load_model",
     "check_tensors", "matching_presets", "read_checkpoint", "read_state", "resize_upsampler", "resolve_model",
-    "save_model", "structure_problems",
+    "save_model", "state_architecture", "structure_problems",
 ]

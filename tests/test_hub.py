@@ -164,6 +164,19 @@ def test_truncated_body_is_an_error_and_leaves_nothing(server, torch_home, check
     assert _cache_files(torch_home) == []
 
 
+def test_an_interrupted_download_leaves_the_cached_copy(server, torch_home, checkpoint):
+    from ribsr.hub import download
+
+    body = checkpoint.read_bytes()
+    server.files["/sst_tiny_x2.safetensors"] = body
+    cached = cached_path(server.url("/short/sst_tiny_x2.safetensors"))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"the cached copy")
+    with pytest.raises(DownloadError, match="cut short"):
+        download(server.url("/short/sst_tiny_x2.safetensors"), progress=False)  # the body ends 100 bytes early
+    assert cached.read_bytes() == b"the cached copy" and _cache_files(torch_home) == [cached.name]
+
+
 def test_404_is_an_error_naming_the_status(server, torch_home):
     url = server.url("/nothing/here.pth")
     with pytest.raises(DownloadError, match="HTTP 404") as info:

@@ -13,7 +13,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -31,19 +31,38 @@ def default_file_mode() -> int:
 
 
 @contextmanager
-def atomic_write(path: str | Path) -> Iterator[Path]:
-    """A hidden temporary path beside ``path`` to write to: when the block succeeds it gets the umask's file
-    mode (writers such as safetensors and mkstemp create 0600 files) and replaces ``path``; on any error it is
-    removed and ``path`` is left as it was."""
+def atomic_write(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` to write to (:func:`part_path`; not created: a writer creates it,
+    or opens it with ``"xb"``). When the block succeeds the file gets the umask's file mode (writers such as
+    safetensors and mkstemp create 0600 files) and replaces ``path`` (without ``overwrite`` it takes ``path``'s
+    place only while there is none, else :class:`FileExistsError`); on any error, interruptions included, it is
+    removed and ``path`` is left as it was. Writers that hold the file open flush and fsync it themselves."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = part_path(path)
     try:
         yield tmp
         os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _rename_no_clobber(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _rename_no_clobber(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (atomic where hard links are supported)."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise FileExistsError(f"{dst} exists (use overwrite to replace it)") from None
+    except OSError:  # no hard links on this file system: check, then rename
+        if dst.exists():
+            raise FileExistsError(f"{dst} exists (use overwrite to replace it)") from None
+        os.replace(src, dst)
+        return
+    src.unlink()
 
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
@@ -70,6 +89,8 @@ def not_a_file(path: str | Path) -> str | None:
 _PART = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.part$")
 # .{name}.{8 characters}.part: what earlier versions made (no pid): stale when older than this many seconds.
 _OLD_PART = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.part$")
+# .{name}.{pid}.tmp: what atomic_write made in earlier versions; stale, as a .part file, once its process is gone.
+_OLD_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 OLD_PART_AGE = 3600.0
 
 
@@ -90,11 +111,16 @@ def _running(pid: int) -> bool:
     return True
 
 
-def remove_stale_parts(folder: str | Path, names: Iterable[str]) -> list[Path]:
-    """Remove the temporary files of ``names`` (file names in ``folder``) that a killed writer left: those of
-    :func:`part_path` whose process no longer runs, and those of earlier versions (no pid) older than
-    :data:`OLD_PART_AGE` seconds. Returns the files removed."""
-    folder, wanted = Path(folder), set(names)
+def remove_stale_parts(folder: str | Path, names: Iterable[str] | Callable[[str], bool]) -> list[Path]:
+    """Remove the temporary files of ``names`` (file names in ``folder``, or a test of a file name) that a killed
+    writer left: those of :func:`part_path` (and of earlier versions' :func:`atomic_write`) whose process no longer
+    runs, and those of earlier versions without a pid older than :data:`OLD_PART_AGE` seconds. Returns the files
+    removed."""
+    folder = Path(folder)
+    if callable(names):
+        wanted = names
+    else:
+        wanted = set(names).__contains__
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
@@ -102,15 +128,13 @@ def remove_stale_parts(folder: str | Path, names: Iterable[str]) -> list[Path]:
         return removed
     now = time.time()
     for entry in entries:
-        if not entry.name.endswith(".part"):
-            continue
-        match = _PART.match(entry.name)
+        match = _PART.match(entry.name) or _OLD_TMP.match(entry.name)
         if match:
-            stale = match["name"] in wanted and not _running(int(match["pid"]))
+            stale = wanted(match["name"]) and not _running(int(match["pid"]))
         else:
             old = _OLD_PART.match(entry.name)
             try:
-                stale = bool(old) and old["name"] in wanted and now - entry.stat().st_mtime > OLD_PART_AGE
+                stale = bool(old) and wanted(old["name"]) and now - entry.stat().st_mtime > OLD_PART_AGE
             except OSError:
                 stale = False
         if stale and entry.is_file(follow_symlinks=False):

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ribsr.files import default_file_mode, part_path, remove_stale_parts, terminate_as_exception
+from ribsr.files import atomic_write, remove_stale_parts, terminate_as_exception
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def download(url: str, sha256: str | None = None, progress: bool = True, timeout
     """Download ``url`` into the cache and return its path, replacing any cached copy.
 
     The body is asked for without compression (``Accept-Encoding: identity``; a compressed body is refused)
-    and goes to a temporary ``.part`` file in the cache folder (:func:`ribsr.files.part_path`) that is renamed
+    and goes to a temporary ``.part`` file in the cache folder (:func:`ribsr.files.atomic_write`) that is renamed
     into place only when it is whole (exactly as many bytes as ``Content-Length`` announced: fewer or more are
     refused), has the hash ``sha256`` when given, and reads as a checkpoint (or, for ``.onnx``, as an ONNX
     model); on any failure, SIGTERM and SIGHUP included, it is removed and :class:`DownloadError` (or
@@ -278,59 +278,53 @@ def download(url: str, sha256: str | None = None, progress: bool = True, timeout
     request = urllib.request.Request(target, headers={"User-Agent": f"ribsr/{__version__}",
                                                       "Accept-Encoding": "identity"})
     log.info("downloading %s to %s", shown, dest)
-    tmp = part_path(dest)
     start = time.monotonic()
     received = 0
-    with terminate_as_exception():  # SIGTERM/SIGHUP raise, so that the .part file below is removed
-        try:
-            with open(tmp, "xb") as out:
-                head_limit = min(2 * timeout, deadline)
-                slow_head = DownloadError(f"{shown}: no answer (status line and headers) within {head_limit:g} s of "
-                                          "the request; the server is too slow or stalled")
-                watchdog.arm(head_limit)
-                try:
-                    response = opener.open(request, timeout=timeout)
-                except urllib.error.HTTPError as exc:
-                    raise slow_head if watchdog.fired else DownloadError(f"{shown}: HTTP {exc.code} {exc.reason}") \
-                        from None
-                except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                    if watchdog.fired:
-                        raise slow_head from None
-                    reason = getattr(exc, "reason", exc)
-                    raise DownloadError(f"{shown}: cannot connect ({reason})") from None
-                finally:
-                    watchdog.disarm()
-                if watchdog.fired:  # a head cut short by the shutdown may parse as a whole (empty) answer
-                    response.close()
-                    raise slow_head
-                with response:
-                    kind = response.headers.get("Content-Type", "")
-                    if kind.split(";")[0].strip().lower() == "text/html":
-                        raise DownloadError(f"{shown}: the server sent an HTML page ({kind}), not a checkpoint file")
-                    encoding = response.headers.get("Content-Encoding", "").strip().lower()
-                    if encoding not in ("", "identity"):
-                        raise DownloadError(f"{shown}: the server sent the file {encoding}-compressed (Content-"
-                                            f"Encoding: {encoding}) though an uncompressed one was asked for; "
-                                            "not stored")
-                    length = response.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    if total is not None and not getattr(response, "chunked", False):
-                        response.length = None  # read to the end, so that a body longer than announced shows
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                              file=sys.stderr, disable=None if progress else True, leave=False) as bar:
-                        received = _copy(response, out, bar, shown, total, timeout, start + deadline, deadline,
-                                         min_rate)
-                if total is not None and received < total:
-                    raise DownloadError(f"{shown}: the download was cut short: received {received} bytes of {total}")
-                out.flush()
-                os.fsync(out.fileno())
-            _verify(tmp, expected, shown)
-            _check_readable(tmp, dest, shown)
-            os.chmod(tmp, default_file_mode())
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    # SIGTERM/SIGHUP raise, so that the .part file below is removed; it replaces dest only once verified.
+    with terminate_as_exception(), atomic_write(dest) as tmp:
+        with open(tmp, "xb") as out:
+            head_limit = min(2 * timeout, deadline)
+            slow_head = DownloadError(f"{shown}: no answer (status line and headers) within {head_limit:g} s of "
+                                      "the request; the server is too slow or stalled")
+            watchdog.arm(head_limit)
+            try:
+                response = opener.open(request, timeout=timeout)
+            except urllib.error.HTTPError as exc:
+                raise slow_head if watchdog.fired else DownloadError(f"{shown}: HTTP {exc.code} {exc.reason}") \
+                    from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                if watchdog.fired:
+                    raise slow_head from None
+                reason = getattr(exc, "reason", exc)
+                raise DownloadError(f"{shown}: cannot connect ({reason})") from None
+            finally:
+                watchdog.disarm()
+            if watchdog.fired:  # a head cut short by the shutdown may parse as a whole (empty) answer
+                response.close()
+                raise slow_head
+            with response:
+                kind = response.headers.get("Content-Type", "")
+                if kind.split(";")[0].strip().lower() == "text/html":
+                    raise DownloadError(f"{shown}: the server sent an HTML page ({kind}), not a checkpoint file")
+                encoding = response.headers.get("Content-Encoding", "").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise DownloadError(f"{shown}: the server sent the file {encoding}-compressed (Content-"
+                                        f"Encoding: {encoding}) though an uncompressed one was asked for; "
+                                        "not stored")
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                if total is not None and not getattr(response, "chunked", False):
+                    response.length = None  # read to the end, so that a body longer than announced shows
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                          file=sys.stderr, disable=None if progress else True, leave=False) as bar:
+                    received = _copy(response, out, bar, shown, total, timeout, start + deadline, deadline,
+                                     min_rate)
+            if total is not None and received < total:
+                raise DownloadError(f"{shown}: the download was cut short: received {received} bytes of {total}")
+            out.flush()
+            os.fsync(out.fileno())
+        _verify(tmp, expected, shown)
+        _check_readable(tmp, dest, shown)
     log.info("saved %s (%d bytes)", dest, received)
     return dest
 

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ribsr.files import part_path
+from ribsr.files import atomic_write
 
 # The first bytes of a TIFF file: little- and big-endian, classic and BigTIFF.
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -716,35 +716,10 @@ def write_image(
         raise ValueError(f"unsupported output format {fmt!r}; choose one of {sorted(FORMATS)}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part_path(path)  # .{name}.{pid}-{random}.part: files.remove_stale_parts tells a killed writer's
-    # "x" (O_EXCL): never reuse someone else's file; created 0o666 less the umask, as any new file.
-    # Opened by name so that writers which want the file's name (tifffile) get it.
-    f = open(tmp, "xb")
-    try:
-        with f:
-            notes = _encode(img, fmt, f) if rows is None else _encode(img, fmt, f, rows, release)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _rename_no_clobber(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # The temporary file is opened by name ("x": never someone else's) so that writers which want the file's
+    # name (tifffile) get it.
+    with atomic_write(path, overwrite=overwrite) as tmp, open(tmp, "xb") as f:
+        notes = _encode(img, fmt, f) if rows is None else _encode(img, fmt, f, rows, release)
+        f.flush()
+        os.fsync(f.fileno())
     return notes
-
-
-def _rename_no_clobber(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst`` unless ``dst`` exists (atomic where hard links are supported)."""
-    try:
-        os.link(src, dst)
-    except FileExistsError:
-        raise FileExistsError(f"{dst} exists (use overwrite to replace it)") from None
-    except OSError:  # no hard links on this file system: check, then rename
-        if dst.exists():
-            raise FileExistsError(f"{dst} exists (use overwrite to replace it)") from None
-        os.replace(src, dst)
-        return
-    src.unlink()

@@ -95,12 +95,14 @@ def test_checkpoint_temporaries_of_a_stopped_run_are_removed(tmp_path: Path) -> 
     dead = int(gone.stdout)
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
-    stale = folder / f".iter_00000020.pt.{dead}.tmp"
-    live = folder / f".iter_00000030.pt.{os.getpid()}.tmp"  # a writer still running: kept
+    stale = folder / f".iter_00000020.pt.{dead}-0123abcd.part"  # what files.atomic_write names it
+    stale_old = folder / f".iter_00000010.pt.{dead}.tmp"  # what earlier versions named it
+    live = folder / f".iter_00000030.pt.{os.getpid()}-0123abcd.part"  # a writer still running: kept
     other = folder / "notes.tmp"
-    for p in (stale, live, other):
+    not_a_checkpoint = folder / f".notes.txt.{dead}-0123abcd.part"
+    for p in (stale, stale_old, live, other, not_a_checkpoint):
         p.write_bytes(b"x")
     with run_dir_lock(tmp_path / "run"):
         pass
-    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, other.name])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, other.name, not_a_checkpoint.name])
     assert remove_stale_temporaries(tmp_path / "nowhere") == []

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     tune_cpu_allocator()  # reuse freed tensor memory instead of fresh zero-filled pages (ribsr.allocator)
     try:
-        # SIGTERM/SIGHUP raise Terminated, so that temporary files (.part, .tmp) are removed on the way out
+        # SIGTERM/SIGHUP raise Terminated, so that temporary (.part) files are removed on the way out
         with terminate_as_exception(replace_handlers=True):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:

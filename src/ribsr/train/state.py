@@ -24,15 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ribsr.files import _running, atomic_write, disk_space_hint
+from ribsr.files import atomic_write, disk_space_hint, remove_stale_parts
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^iter_(\d+)\.pt$")
 LOCK_NAME = ".lock"
-# What files.atomic_write names a checkpoint while it is written: .iter_00001000.pt.<pid>.tmp
-_TMP_NAME = re.compile(r"^\.iter_\d+\.pt\.(\d+)\.tmp$")
 
 
 class ResumeError(ValueError):
@@ -190,22 +188,11 @@ def run_dir_lock(run_dir: str | Path) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
-    """Remove the checkpoint temporary files (``checkpoints/.iter_*.pt.<pid>.tmp``) whose writer no longer runs:
-    what a run killed while saving left. Returns the files removed."""
+    """Remove the checkpoint temporary files (``checkpoints/.iter_*.pt.<pid>-<random>.part``,
+    :func:`ribsr.files.atomic_write`'s) whose writer no longer runs: what a run killed while saving left. Returns
+    the files removed."""
     folder = Path(run_dir) / CHECKPOINT_DIR
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _TMP_NAME.match(entry.name)
-        if match and not _running(int(match.group(1))) and entry.is_file(follow_symlinks=False):
-            try:
-                os.unlink(entry.path)
-            except OSError:
-                continue
-            removed.append(Path(entry.path))
+    removed = remove_stale_parts(folder, lambda name: _NAME.match(name) is not None)
     if removed:
         log.info("removed %d temporary file(s) a stopped run left in %s: %s", len(removed), folder,
                  ", ".join(p.name for p in removed))

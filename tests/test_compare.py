@@ -158,6 +158,20 @@ def test_errors_name_the_bad_value(tmp_path, capsys, args, message):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_find_hr_takes_the_image_files_upscale_takes(tmp_path):
+    import os
+
+    (tmp_path / ".a.png").write_bytes(b"")  # hidden
+    (tmp_path / "a.txt").write_bytes(b"")  # not an image suffix
+    (tmp_path / "b.png").mkdir()  # a folder
+    os.mkfifo(tmp_path / "c.png")  # would block a reader
+    (tmp_path / "a.JPG").write_bytes(b"")
+    assert find_hr(tmp_path, "ax2.png", 2) == tmp_path / "a.JPG"
+    for name in ("bx2.png", "cx2.png"):
+        with pytest.raises(FileNotFoundError, match="no HR image"):
+            find_hr(tmp_path, name, 2)
+
+
 def test_library_gray_input_and_lr_names(tmp_path):
     hr = smooth_image(24, 20, 7)[..., 0]
     (tmp_path / "HR").mkdir()

@@ -26,10 +26,11 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from ribsr.evaluate import IMAGE_EXTENSIONS, mod_crop
+from ribsr.evaluate import mod_crop
 from ribsr.files import atomic_write
 from ribsr.imageio import DecodedImage, ImageReadError, ImageTooLargeError, read_array, read_image, to_array
 from ribsr.inference import Upscaler
+from ribsr.jobs import walk_images
 from ribsr.metrics import psnr, ssim
 from ribsr.tiling import Progress
 from ribsr.web import asset_text
@@ -166,9 +167,8 @@ class Side:
 def _hr_index(hr_dir: Path) -> dict[str, list[Path]]:
     folder = hr_dir / "HR" if (hr_dir / "HR").is_dir() else hr_dir
     index: dict[str, list[Path]] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS:
-            index.setdefault(p.stem, []).append(p)
+    for p in walk_images(folder):
+        index.setdefault(p.stem, []).append(p)
     return index
 
 

@@ -24,7 +24,7 @@ from ribsr.imageio import FORMATS, IMAGE_SUFFIXES
 
 __all__ = [
     "SUFFIX_FORMATS", "Job", "check_output_folder", "discover", "output_path", "prepare_output_folders",
-    "split_own_outputs",
+    "split_own_outputs", "walk_images",
 ]
 
 # Output format for ``--format same``, from the input's file name suffix (others: PNG).
@@ -42,10 +42,11 @@ class Job:
     relative: Path  # where the output goes below the output folder (before suffix/extension)
 
 
-def _walk(root: Path, recursive: bool, exclude: Path) -> Iterator[Path]:
-    """Image files in ``root`` (sorted; sub-folders when ``recursive``), hidden files and the
-    output folder left out; symbolic links to folders are not followed. Only regular files (or symbolic
-    links to them) are images: a FIFO or a device named ``*.png`` would block the reader forever."""
+def walk_images(root: Path, recursive: bool = False, exclude: Path | None = None) -> Iterator[Path]:
+    """Image files (:data:`ribsr.imageio.IMAGE_SUFFIXES`) in ``root`` (sorted; sub-folders when ``recursive``),
+    hidden files and the folder ``exclude`` (an output folder, resolved) left out; symbolic links to folders are
+    not followed. Only regular files (or symbolic links to them) are images: a FIFO or a device named ``*.png``
+    would block the reader forever."""
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(
@@ -71,7 +72,7 @@ def discover(inputs: list[str], recursive: bool, exclude: Path) -> tuple[list[Jo
 
     def add_path(path: Path) -> bool:
         if path.is_dir():
-            for f in _walk(path, recursive, exclude):
+            for f in walk_images(path, recursive, exclude):
                 add(f, f.relative_to(path))
             return True
         if path.is_file():

@@ -197,7 +197,7 @@ def test_cross_checks(tmp_path: Path) -> None:
     del data["datasets"]["train"]["gt_size"]
     data["train"]["warmup_iter"] = 500000
     problems = problems_of(data)
-    assert "network_g.type: must be 'SST', got 'SwinIR'" in problems
+    assert "network_g.type: must be 'SST' or 'ESCRIB', got 'SwinIR'" in problems
     assert "datasets.train.gt_size: missing (the HR patch size of training crops)" in problems
     assert any(p.startswith("train.scheduler.milestones: must lie after warmup_iter (500000)") for p in problems)
 
@@ -468,7 +468,7 @@ def test_network_types_come_from_their_registry(monkeypatch: pytest.MonkeyPatch)
     data["network_g"] = {"type": "Other"}
     assert parse(data).network == preset("light", 2) and seen == [{"type": "Other", "upscaling_factor": 2}]
     data["network_g"] = {"type": "SwinIR"}
-    assert problems_of(data) == ["network_g.type: must be 'SST' or 'Other', got 'SwinIR'"]
+    assert problems_of(data) == ["network_g.type: must be 'SST' or 'ESCRIB' or 'Other', got 'SwinIR'"]
 
 
 def test_network_without_scale_takes_the_files() -> None:

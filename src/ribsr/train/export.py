@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from ribsr.build import build_sst
+from ribsr.build import build_network
 from ribsr.checkpoint import save_model
-from ribsr.config import SSTConfig
+from ribsr.config import config_from_json
 from ribsr.files import atomic_write
 from ribsr.train.state import ResumeError, latest_checkpoint, load_checkpoint, write_torch
 
@@ -57,7 +57,7 @@ def export_run(run: str | Path, output: str | Path | None = None, weights: str =
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
     path, state = find_checkpoint(run)
-    config = SSTConfig.from_json(state["config"], source=str(path))
+    config = config_from_json(state["config"], source=str(path))
     name = str(state["options"].get("name", "model"))
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out = Path(output) if output is not None else run_dir / "export" / f"{name}.safetensors"
@@ -72,7 +72,7 @@ def export_run(run: str | Path, output: str | Path | None = None, weights: str =
     if weights == "ema" and ema is None:
         log.warning("%s kept no EMA weights (train.ema_decay 0): exporting the trained weights", path)
     chosen = ema if weights == "ema" and ema is not None else raw
-    model = build_sst(config)
+    model = build_network(config)
     model.load_state_dict(chosen)
     iteration = int(state["iteration"])
     paper: dict[str, Any] = {"params": {k: v.contiguous() for k, v in raw.items()}}

@@ -39,9 +39,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ribsr.build import build_sst
+from ribsr.build import build_network
 from ribsr.checkpoint import CheckpointError, load_pretrained
-from ribsr.config import SSTConfig
+from ribsr.config import config_from_json
 from ribsr.degrade import DegradationOptions
 from ribsr.model import SST
 from ribsr.model.discriminator import UNetDiscriminatorSN
@@ -341,7 +341,7 @@ class Trainer:
         opts.check_files()
 
         torch.manual_seed(opts.manual_seed)
-        self.model = build_sst(opts.network, attention="auto").to(self.device)
+        self.model = build_network(opts.network, attention="auto").to(self.device)
         if opts.path.pretrain_network_g is not None:
             load_pretrained(self.model, opts.path.pretrain_network_g, opts.path.param_key_g, opts.path.strict_load_g)
         t = opts.train
@@ -403,7 +403,7 @@ class Trainer:
             path, state = found
         else:
             path, state = Path(resume), load_checkpoint(resume)
-        stored = SSTConfig.from_json(state["config"], source=str(path))
+        stored = config_from_json(state["config"], source=str(path))
         if stored != self.opts.network:
             raise ResumeError(f"{path} was trained with another network ({stored}) than the options give "
                               f"({self.opts.network})")

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ribsr.config import ConfigError, SSTConfig
+from ribsr.config import ConfigError, ESCRIBConfig, SSTConfig
 from ribsr.degrade import DEGRADATION_KEYS, DegradationError, DegradationOptions
 from ribsr.errors import ProblemsError
 from ribsr.safeyaml import BoundedLoader, YAMLFileError, load_yaml_text, problem, read_text
@@ -263,7 +263,7 @@ class Options:
 
     name: str
     scale: int
-    network: SSTConfig
+    network: SSTConfig | ESCRIBConfig
     train_data: DatasetOptions
     val_data: dict[str, DatasetOptions]
     train: TrainOptions
@@ -471,10 +471,12 @@ _CHECKS: dict[type, BlockCheck] = {
 # ---------------------------------------------------------------------- the whole file
 # The network_g types an option file may name, each with the reader of its block (which raises ConfigError listing
 # the block's problems); an option file's network_g type not named here is a problem.
-NETWORK_TYPES: dict[str, Callable[[Mapping[str, Any]], SSTConfig]] = {"SST": SSTConfig.from_network_g}
+NETWORK_TYPES: dict[str, Callable[[Mapping[str, Any]], SSTConfig | ESCRIBConfig]] = {
+    "SST": SSTConfig.from_network_g, "ESCRIB": ESCRIBConfig.from_network_g,
+}
 
 
-def _build_network(block: Any, scale: Any, ctx: Context) -> SSTConfig | None:
+def _build_network(block: Any, scale: Any, ctx: Context) -> SSTConfig | ESCRIBConfig | None:
     if not isinstance(block, Mapping):
         ctx.problem("network_g", f"must be a mapping, got {block!r}")
         return None

@@ -12,6 +12,7 @@ from ribsr.model.attention import (
     WindowAttention,
     attend_bias,
     attend_concat,
+    attend_concat_bf16,
     attend_naive,
     attend_reference,
     make_backend,
@@ -68,6 +69,21 @@ def test_paths_agree_to_1e5(ws):
     for name in ("bias", "concat"):
         assert (outs[name] - outs["reference"]).abs().max() <= 1e-5, name
     assert (outs["naive"] - outs["reference"]).abs().max() <= 1e-6  # the same operations in float32
+
+
+@pytest.mark.parametrize("ws", [8, 16])
+def test_concat_bf16_matches_the_formula_at_bfloat16_precision(ws):
+    """The opt-in bfloat16 path: the float64 formula to bfloat16 precision (3 significant digits) for
+    O(1) logits, its outputs in the inputs' dtype, and really rounded (not float32 in disguise)."""
+    rib = _rib(rank=24).eval()
+    q, k, v = (torch.randn(2, 3, ws * ws, 16) for _ in range(3))
+    with torch.no_grad():
+        out = attend_concat_bf16(q, k, v, rib, ws)
+    expected = _float64_attention(q, k, v, rib, ws)
+    assert out.dtype == torch.float32 and out.shape == q.shape
+    err = (out.double() - expected).abs().max().item()
+    assert 1e-5 < err < 3e-2, err
+    assert make_backend("concat_bf16") is attend_concat_bf16
 
 
 def test_naive_keeps_low_precision_inputs_in_their_dtype():

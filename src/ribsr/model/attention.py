@@ -11,6 +11,9 @@ Every backend computes, per window and head,
 * ``bias``: P is materialised once as a (heads, N, N) tensor shared by all windows and passed as
   ``attn_mask`` (PyTorch's CPU flash kernel accepts an additive mask);
 * ``reference``: plain float32 matmul and softmax, for tests;
+* ``concat_bf16``: ``concat`` with q, k and v in bfloat16 (the kernel accumulates in float32), as the
+  paper's code runs RIB attention: faster on CPUs with bfloat16 matrix units (AMX, AVX512-BF16), but
+  outputs differ from ``reference`` at bfloat16's precision (~1e-3), so it is never chosen by ``auto``;
 * ``naive``: the same unfused computation in the inputs' dtype (mixed precision as under autocast), as
   the RPB networks (SwinIR, HAT, PFT) compute it: the baseline of the benchmarks;
 * ``auto`` (default): ``concat`` on CUDA; on CPU ``bias`` while the dense bias stays under a memory
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ribsr.model.layers import pointwise
 from ribsr.model.positional import PositionalScheme
 
 # q, k, v: (windows, heads, N, D), q and k rotated by the scheme; returns (windows, heads, N, D).
@@ -91,6 +95,12 @@ def attend_concat(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
     return F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=1.0 / math.sqrt(d))[..., :d]
 
 
+def attend_concat_bf16(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
+    """:func:`attend_concat` in bfloat16 (the paper's code's precision for RIB attention); returns v's dtype."""
+    out = attend_concat(q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16), pos, ws)
+    return out.to(v.dtype)
+
+
 class AutoAttention:
     """``concat`` on CUDA; on CPU ``bias`` while heads*N*N float32 fits ``max_bias_bytes`` and no gradient
     flows to the positional term, else ``concat``.
@@ -126,6 +136,7 @@ class AutoAttention:
 BACKENDS: dict[str, Callable[[], AttentionFn]] = {
     "auto": AutoAttention,
     "concat": lambda: attend_concat,
+    "concat_bf16": lambda: attend_concat_bf16,
     "bias": lambda: attend_bias,
     "reference": lambda: attend_reference,
     "naive": lambda: attend_naive,
@@ -133,7 +144,8 @@ BACKENDS: dict[str, Callable[[], AttentionFn]] = {
 
 
 def make_backend(name: str = "auto") -> AttentionFn:
-    """The attention function for a backend name: ``auto``, ``concat``, ``bias``, ``reference`` or ``naive``."""
+    """The attention function for a backend name: ``auto``, ``concat``, ``concat_bf16``, ``bias``, ``reference``
+    or ``naive``."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
     return BACKENDS[name]()
@@ -267,7 +279,7 @@ class WindowAttention(nn.Module):
         out = window_unpartition(out.transpose(1, 2), ws, padded, (h, w), shift)  # (B, C, H, W)
         if gate is not None:
             out = out * gate
-        return self.to_out(out)
+        return pointwise(self.to_out, out)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, heads={self.heads}, shift={self.shift}"

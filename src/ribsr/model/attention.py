@@ -96,9 +96,28 @@ def attend_concat(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
 
 
 def attend_concat_bf16(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
-    """:func:`attend_concat` in bfloat16 (the paper's code's precision for RIB attention); returns v's dtype."""
-    out = attend_concat(q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16), pos, ws)
-    return out.to(v.dtype)
+    """:func:`attend_concat` in bfloat16 (the paper's code's precision for RIB attention); returns v's dtype.
+
+    The bfloat16 [q, q_f sqrt(D), 0], [k, k_f, 0] and [v, 0] are written in one pass each (the cast happens
+    in the copy), not cast and then concatenated.
+    """
+    if not pos.has_factors:
+        out = attend_bias(q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16), pos, ws)
+        return out.to(v.dtype)
+    windows, heads, n, d = q.shape
+    q_f, k_f = pos.factors(ws, q.device)  # (heads, N, R) each, float32
+    r = q_f.shape[-1]
+    width = d + r + (-(d + r) % 8)
+    q_cat, k_cat, v_pad = (q.new_empty((windows, heads, n, width), dtype=torch.bfloat16) for _ in range(3))
+    q_cat[..., :d] = q
+    q_cat[..., d : d + r] = q_f * math.sqrt(d)  # broadcast over windows
+    k_cat[..., :d] = k
+    k_cat[..., d : d + r] = k_f
+    v_pad[..., :d] = v
+    for t, start in ((q_cat, d + r), (k_cat, d + r), (v_pad, d)):
+        t[..., start:] = 0
+    out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=1.0 / math.sqrt(d))
+    return out[..., :d].to(v.dtype)
 
 
 class AutoAttention:

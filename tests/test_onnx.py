@@ -175,7 +175,7 @@ def test_export_rejects_bad_arguments(tmp_path) -> None:
         export_onnx(model, tmp_path / "m.onnx", opset=25)
     with pytest.raises(ValueError, match=r"writes \.onnx files, got .*m\.pt"):
         export_onnx(model, tmp_path / "m.pt")
-    with pytest.raises(TypeError, match="exports an SST, got Linear"):
+    with pytest.raises(TypeError, match="exports an SST or an ESCRIB, got Linear"):
         export_onnx(torch.nn.Linear(2, 2), tmp_path / "m.onnx")  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())
 

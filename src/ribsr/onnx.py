@@ -1,10 +1,13 @@
-"""ONNX: export an SST to an ``.onnx`` file (:func:`export_onnx`) and run one with onnxruntime (:class:`OnnxModel`).
+"""ONNX: export an SST or ESC-RIB to an ``.onnx`` file (:func:`export_onnx`) and run one with onnxruntime
+(:class:`OnnxModel`).
 
 The exported graph takes a (B, 3, H, W) float batch in [0, 1] (dynamic B, H and W) and returns
 (B, 3, s*H, s*W), as :class:`ribsr.model.SST` does: the reflection padding of every layer to whole windows
 happens inside the graph, so any size works. The positional terms do not depend on the input, so they are
 computed once at export and stored as constants: RIB and FlashBias as their low-rank factors (concatenated
 to q and k, so no (heads, N, N) bias is stored or built), RPB as its dense bias, RoPE as its cos/sin tables.
+ESC-RIB's large kernel is stored averaged (:meth:`~ribsr.model.esc.ESCRIB.fold_kernel`), and its per-image 3x3
+kernels are applied as nine shifted products (:class:`ExportPartialLargeKernelConv`).
 
 The file's ``metadata_props`` carry what the inference code needs (:data:`META_SCALE`,
 :data:`META_MULTIPLE_OF`) and the network's configuration. onnx and onnxruntime are optional
@@ -27,6 +30,7 @@ from torch import nn
 
 from ribsr.files import atomic_write, not_a_file
 from ribsr.model.attention import WindowAttention, mirror_index
+from ribsr.model.esc import DYNAMIC_KERNEL, ESCRIB, PartialLargeKernelConv
 from ribsr.model.positional import RoPE, rotate_pairs
 from ribsr.model.sst import SST
 from ribsr.modelinfo import ModelInfo
@@ -160,13 +164,42 @@ class ExportWindowAttention(nn.Module):
         return self.to_out(out)
 
 
-def exportable(model: SST, fused: bool = False) -> SST:
-    """A copy of ``model`` (float32, CPU, eval) whose attention layers are :class:`ExportWindowAttention`."""
+class ExportPartialLargeKernelConv(nn.Module):
+    """:class:`~ribsr.model.esc.PartialLargeKernelConv` written for export: the same function, with each image's
+    3x3 depthwise kernel applied as nine shifted products instead of one convolution whose group count is
+    batch * pdim (an ONNX convolution's group count is fixed, the batch is not)."""
+
+    def __init__(self, plk: PartialLargeKernelConv) -> None:
+        super().__init__()
+        self.pdim, self.dwc_proj = plk.pdim, plk.dwc_proj
+
+    def forward(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        p, s = self.pdim, DYNAMIC_KERNEL
+        part, rest = x[:, :p], x[:, p:]
+        h, w = part.shape[-2:]
+        dynamic = self.dwc_proj(part).unflatten(1, (p, s, s))  # (B, pdim*9, 1, 1) -> (B, pdim, 3, 3, 1, 1)
+        # zeros around, as the convolution pads (concatenated: F.pad's export reverses its pads with a step -1 Slice)
+        rows = torch.zeros_like(part[:, :, : s // 2])  # (B, pdim, 1, W)
+        padded = torch.cat([rows, part, rows], dim=2)
+        cols = torch.zeros_like(padded[:, :, :, : s // 2])  # (B, pdim, H+2, 1)
+        padded = torch.cat([cols, padded, cols], dim=3)  # (B, pdim, H+2, W+2)
+        local = sum(dynamic[:, :, i, j] * padded[:, :, i:i + h, j:j + w] for i in range(s) for j in range(s))
+        part = F.conv2d(part, kernel, padding=kernel.shape[-1] // 2) + local
+        return torch.cat([part, rest], dim=1)
+
+
+def exportable(model: SST | ESCRIB, fused: bool = False) -> SST | ESCRIB:
+    """A copy of ``model`` (float32, CPU, eval) whose attention layers are :class:`ExportWindowAttention` (and, for
+    ESC-RIB, whose large kernel is folded and whose dynamic kernels are :class:`ExportPartialLargeKernelConv`)."""
     twin = copy.deepcopy(model).float().cpu().eval()
+    if isinstance(twin, ESCRIB):
+        twin.fold_kernel()  # stored averaged: no flips in the graph
     for parent in list(twin.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, WindowAttention):
                 setattr(parent, name, ExportWindowAttention(child, fused=fused))
+            elif isinstance(child, PartialLargeKernelConv):
+                setattr(parent, name, ExportPartialLargeKernelConv(child))
     return twin
 
 
@@ -179,7 +212,7 @@ def score_bytes_per_pixel(twin: nn.Module) -> int:
 
 # ---------------------------------------------------------------------- export
 def export_onnx(
-    model: SST,
+    model: SST | ESCRIB,
     path: str | Path,
     *,
     opset: int = DEFAULT_OPSET,
@@ -200,8 +233,8 @@ def export_onnx(
     name and renamed into place.
     """
     onnx = _require("onnx")
-    if not isinstance(model, SST):
-        raise TypeError(f"export_onnx exports an SST, got {type(model).__name__}")
+    if not isinstance(model, (SST, ESCRIB)):
+        raise TypeError(f"export_onnx exports an SST or an ESCRIB, got {type(model).__name__}")
     max_opset = max_supported_opset()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
         raise ValueError(f"opset must be an integer from {MIN_OPSET} to {max_opset} (the most torch "
@@ -243,7 +276,7 @@ def export_onnx(
         del proto.metadata_props[:]
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=str(value))
-        proto.doc_string = f"SST x{model.config.scale} exported by ribsr {__version__}"
+        proto.doc_string = f"{type(model).__name__} x{model.config.scale} exported by ribsr {__version__}"
         if check:
             onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
@@ -260,7 +293,7 @@ def max_supported_opset() -> int:
 
 # ---------------------------------------------------------------------- running
 class OnnxModel(nn.Module):
-    """An exported ``.onnx`` file run by onnxruntime, usable wherever an SST is (:class:`ribsr.Upscaler`,
+    """An exported ``.onnx`` file run by onnxruntime, usable wherever an SST or ESC-RIB is (:class:`ribsr.Upscaler`,
     :func:`ribsr.tiling.tiled_forward`): (B, 3, H, W) float tensors in, (B, 3, s*H, s*W) float32 out, on the
     input's device.
 
@@ -314,9 +347,9 @@ class OnnxModel(nn.Module):
         text = self.metadata.get(META_CONFIG)
         if text is None:
             return None
-        from ribsr.config import SSTConfig
+        from ribsr.config import config_from_json
 
-        return SSTConfig.from_json(text, source=f"{self.path} metadata {META_CONFIG}")
+        return config_from_json(text, source=f"{self.path} metadata {META_CONFIG}")
 
     def _metadata_int(self, key: str, low: int, high: int) -> int:
         """The integer the metadata holds under ``key``, from ``low`` to ``high``; else a ValueError naming the

@@ -1,10 +1,12 @@
-"""torch.hub entry points of ribsr: SST networks by preset, with weights from a file or URL, and the bundled models.
+"""torch.hub entry points of ribsr: SST and ESC-RIB networks by preset, with weights from a file or URL, and the
+bundled models.
 
     import torch
     model = torch.hub.load(REPO, "sst", "light", scale=2)                            # fresh (training mode)
     model = torch.hub.load(REPO, "sst", "light", scale=2, weights="SST_light_x2.pth")  # or an https:// URL
     model = torch.hub.load(REPO, "sst_default", scale=2)                             # the bundled x2 model
     model = torch.hub.load(REPO, "sst_real", scale=4, denoise=0.5)                   # the real-world x4 model
+    model = torch.hub.load(REPO, "escrib", scale=2, weights="ESCRIB_DFLIP_X2.pth")   # ESC-RIB, the paper's weights
 
 ``REPO`` is this repository's folder (with ``source="local"``) or its GitHub ``owner/name``. The installed
 ``ribsr`` is used when there is one; otherwise the package is imported from this repository's ``src/``.
@@ -22,11 +24,11 @@ if _importlib_util.find_spec("ribsr") is None:  # not installed: the package in 
 
 def sst(config=None, scale=None, weights=None, *, sha256=None, progress=True, device="cpu", attention="auto",
         **overrides):
-    """An SST network (ribsr.SST).
+    """An SST network (ribsr.SST), or an ESC-RIB (ribsr.model.ESCRIB) for an ESC-RIB config.
 
-    config: a preset name ("light", "light+", "base", "base+", "large", "large+", "xl+"), the path of a
-        YAML option file, a network_g dict or a ribsr.SSTConfig; may be omitted for our .safetensors
-        weights (they carry their config).
+    config: a preset name ("light", "light+", "base", "base+", "large", "large+", "xl+"; "escrib" for ESC-RIB),
+        the path of a YAML option file, a network_g dict or a config object (ribsr.SSTConfig,
+        ribsr.config.ESCRIBConfig); may be omitted for our .safetensors weights (they carry their config).
     scale: the upscaling factor (default: the config's, else the weights'; presets default to 2). It must
         equal the scale of the weights.
     weights: None for a freshly initialised network (training mode), or a checkpoint path or http(s) URL
@@ -85,3 +87,10 @@ sst_base_plus = _preset_entry("base+")
 sst_large = _preset_entry("large")
 sst_large_plus = _preset_entry("large+")
 sst_xl_plus = _preset_entry("xl+")
+
+
+def escrib(scale=None, weights=None, **kwargs):
+    """ESC-RIB (the published network of the paper's ESCRIB_X2/X3/X4.yaml): the same as sst("escrib", scale,
+    weights, ...) (see sst). The paper's released .pth files (params_ema, before or after their convert()) load
+    as they are."""
+    return sst("escrib", scale=scale, weights=weights, **kwargs)

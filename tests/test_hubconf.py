@@ -46,7 +46,7 @@ def test_the_entry_points_are_what_torch_hub_list_shows():
     spec.loader.exec_module(module)
     listed = {name for name in dir(module) if callable(getattr(module, name)) and not name.startswith("_")}
     presets = {"sst_" + name.replace("+", "_plus") for name in PRESETS}
-    assert listed == {"sst", "sst_default", "sst_real"} | presets
+    assert listed == {"sst", "sst_default", "sst_real", "escrib"} | presets
     assert all(importlib.util.find_spec(name) for name in module.dependencies)
 
 

@@ -562,3 +562,24 @@ def test_denoise_out_of_range_or_for_a_checkpoint_is_refused(tmp_path, model, ca
     err = capsys.readouterr().err
     assert "denoise blends the bundled default and real models; it does not apply to model" in err and model in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_attention_option_picks_the_path_and_names_the_choices(tmp_path, model, capsys):
+    """--attention reaches the network: the bfloat16 path gives nearly, not exactly, the default's bytes;
+    the choices are ribsr.model.attention's paths (spelled out in argtypes so --help needs no torch)."""
+    from ribsr.cli.argtypes import ATTENTION_PATHS
+    from ribsr.model.attention import BACKENDS
+
+    assert sorted(ATTENTION_PATHS) == sorted(BACKENDS)
+    make_png(tmp_path / "in" / "a.png", size=(24, 18))
+    outs = {}
+    for path in ("auto", "concat_bf16"):
+        out = tmp_path / path
+        assert main(["upscale", str(tmp_path / "in"), "-o", str(out), "--model", model, "--scale", "2",
+                     "--attention", path]) == 0
+        outs[path] = np.asarray(Image.open(out / "a_x2.png"), dtype=np.int16)
+    diff = np.abs(outs["auto"] - outs["concat_bf16"])
+    assert 0 < diff.max() <= 3 and outs["auto"].shape == (36, 48, 3)
+    with pytest.raises(SystemExit):
+        main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--model", model, "--attention", "flash"])
+    assert "invalid choice: 'flash'" in capsys.readouterr().err

@@ -51,6 +51,21 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, metavar="DEVICE", help=f"{DEVICE_HELP} (default: {default})")
 
 
+ATTENTION_HELP = ("attention path: auto (default; exact float32), concat, bias, reference, naive, or concat_bf16 "
+                  "(RIB attention in bfloat16 as the paper's code computes it: faster on CPUs with AMX/AVX512-BF16, "
+                  "outputs within about 1e-3 of the exact ones)")
+
+
+# The names of ribsr.model.attention.BACKENDS (spelled out: building the parser must not import torch; a test
+# keeps the two equal).
+ATTENTION_PATHS = ("auto", "bias", "concat", "concat_bf16", "naive", "reference")
+
+
+def add_attention(p: argparse.ArgumentParser) -> None:
+    """``--attention``: the attention path of the network (:func:`ribsr.model.attention.make_backend`)."""
+    p.add_argument("--attention", choices=ATTENTION_PATHS, default="auto", metavar="PATH", help=ATTENTION_HELP)
+
+
 # --max-output-pixels of upscale, compare and serve: inputs whose output would have more pixels are refused.
 DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
 

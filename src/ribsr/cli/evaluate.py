@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ribsr.cli.argtypes import add_device, non_negative, positive, unit_interval
+from ribsr.cli.argtypes import add_attention, add_device, non_negative, positive, unit_interval
 
 BICUBIC = "bicubic"
 
@@ -63,6 +63,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tile", type=non_negative(int), default=None, metavar="N",
                    help="run the model on overlapping N x N tiles (default: whole images)")
     add_device(p, default="cpu")
+    add_attention(p)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument("--save-images", type=Path, default=None, metavar="OUT",
                    help="write SR images to OUT/<dataset>/X<scale>/<name>.png")
@@ -114,7 +115,7 @@ def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
 
     model = resolve_model(args.model, config=args.config, scale=args.scale, device=args.device, sha256=args.sha256,
                           progress=not (getattr(args, "quiet", False) or args.no_progress),
-                          resize_upsampler=args.resize_upsampler, denoise=args.denoise)
+                          resize_upsampler=args.resize_upsampler, denoise=args.denoise, attention=args.attention)
     # Whole images unless --tile is given; Upscaler falls back to tiles (with a warning) only when
     # memory runs out.
     device, dtype = parameter_place(model)

@@ -11,6 +11,7 @@ from typing import Any
 
 from ribsr.cli.argtypes import (
     DEFAULT_MAX_OUTPUT_PIXELS,
+    add_attention,
     add_device,
     non_negative,
     pixel_count,
@@ -100,6 +101,7 @@ def add_parser(subparsers: Any) -> None:
                    "(default: 1; 0: every image; inf: never); --self-ensemble outputs stay in memory unless given")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     add_device(p)
+    add_attention(p)
     p.add_argument("--self-ensemble", action="store_true",
                    help="average the 8 flips/rotations (8x slower, slightly better)")
     p.add_argument("--suffix", default=None, help="added to output names (default: _x{scale})")
@@ -126,6 +128,8 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
                              f"{redact(args.model)}")
         if args.config is not None:
             raise ValueError(f"--config does not apply to {redact(args.model)}: an ONNX file carries its network")
+        if getattr(args, "attention", "auto") != "auto":
+            raise ValueError(f"--attention does not apply to {redact(args.model)}: onnxruntime runs its graph")
         local = fetch(args.model, sha256=args.sha256, progress=not getattr(args, "quiet", False))
         try:
             return OnnxModel(local)
@@ -136,7 +140,7 @@ def load_model(args: argparse.Namespace, device: str) -> Any:
                              f"again (rm {shlex.quote(str(local))})") from None
     return resolve_model(args.model, config=args.config, scale=args.scale, device=device, sha256=args.sha256,
                          progress=not getattr(args, "quiet", False), resize_upsampler=args.resize_upsampler,
-                         denoise=getattr(args, "denoise", None))
+                         denoise=getattr(args, "denoise", None), attention=getattr(args, "attention", "auto"))
 
 
 def too_large(exc: Any, scale: int, limit: int) -> str:

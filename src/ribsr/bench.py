@@ -82,6 +82,8 @@ class Method:
 METHODS: dict[str, Method] = {
     "RIB concat": Method(lambda h, d, r, ws: RIB(h, r), "concat"),
     "RIB bias": Method(lambda h, d, r, ws: RIB(h, r), "bias"),
+    # q, k, v in bfloat16, as the paper's code computes RIB attention (opt-in: not exact to float32).
+    "RIB concat bf16": Method(lambda h, d, r, ws: RIB(h, r), "concat_bf16"),
     "RIB reference": Method(lambda h, d, r, ws: RIB(h, r), "reference"),
     # As the RPB networks (SwinIR, HAT, PFT) compute it: their forward gathers the (heads, N, N) bias from
     # the table on every call, then materialises the scores (QK^T/sqrt(d) + bias), softmax, times V.

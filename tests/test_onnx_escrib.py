@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ribsr
-from ribsr.onnx import ExportPartialLargeKernelConv, exportable, export_onnx
+from ribsr.onnx import ExportPartialLargeKernelConv, export_onnx, exportable
 
 pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[dev]' or 'ribsr[onnx]')")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[dev]' or 'ribsr[onnx]')")

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ribsr.model.layers import pointwise
 from ribsr.model.positional import PositionalScheme
 
 # q, k, v: (windows, heads, N, D), q and k rotated by the scheme; returns (windows, heads, N, D).
@@ -298,7 +297,7 @@ class WindowAttention(nn.Module):
         out = window_unpartition(out.transpose(1, 2), ws, padded, (h, w), shift)  # (B, C, H, W)
         if gate is not None:
             out = out * gate
-        return pointwise(self.to_out, out)
+        return self.to_out(out)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, heads={self.heads}, shift={self.shift}"

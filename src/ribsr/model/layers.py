@@ -7,18 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a 1x1 ``conv``; on a channels_last map, one matrix product over its pixels.
-
-    PyTorch's CPU convolution runs a channels_last 1x1 conv through its slow im2col path (a bias copy, then
-    a GEMM); as ``linear`` on the (B, H, W, C) view it is one GEMM with no copy in or out.
-    """
-    if x.is_contiguous(memory_format=torch.channels_last):
-        # (B, C, H, W) channels_last -> (B, H, W, C) view -> linear -> (B, H, W, C') -> (B, C', H, W) view
-        return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
-    return conv(x)
-
-
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channels of every pixel of a (B, C, H, W) map."""
 
@@ -47,9 +35,9 @@ class ConvFFN(nn.Module):
         self.agg = nn.Conv2d(hidden, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(pointwise(self.proj, x))
+        h = F.gelu(self.proj(x))
         h = h + F.gelu(self.dwc(h))
-        return pointwise(self.agg, h)
+        return self.agg(h)
 
 
 class DWCGate(nn.Sequential):
@@ -58,18 +46,12 @@ class DWCGate(nn.Sequential):
     def __init__(self, dim: int) -> None:
         super().__init__(nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.Conv2d(dim, dim, 1), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(pointwise(self[1], self[0](x)))
-
 
 class LinearGate(nn.Sequential):
     """A pointwise gate, sigmoid(1x1(x)) (the paper's ``gate_type: Linear`` ablation)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__(nn.Conv2d(dim, dim, 1), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(pointwise(self[0], x))
 
 
 # SSTConfig.gate_type -> the gate's class, called with (dim); "none" (no gate) is not a module.

@@ -134,6 +134,19 @@ def test_shipped_real_world_recipe_parses_and_finds_its_data() -> None:
     assert options_from_dict(opts.raw, base_dir=path.parent) == opts
 
 
+def test_real_world_stage2_recipe_differs_from_stage1_only_where_documented() -> None:
+    """Stage 2 trains on from stage 1's exported EMA weights: another seed and a lower peak lr, all else equal."""
+    local = REPO / "configs" / "local"
+    one = load_options(local / "finetune_SST_small_real_x4.yml")
+    two = load_options(local / "finetune_SST_small_real_x4_stage2.yml")
+    assert two.name == "SST_small_real_x4_stage2" and two.manual_seed == 1 and one.manual_seed == 0
+    assert two.path.pretrain_network_g == REPO / "runs" / "real_x4_stage1.safetensors"
+    assert (one.train.optim_g.lr, two.train.optim_g.lr) == (3e-4, 2e-4)
+    assert two.network == one.network and two.degradation == one.degradation
+    assert two.train_data == one.train_data and two.val_data == one.val_data
+    assert two.train.total_iter == one.train.total_iter == 3000
+
+
 def test_every_network_has_its_shipped_recipes() -> None:
     names = {p.name for p in (REPO / "configs" / "paper").glob("*.yml")}
     for net in NETWORKS:

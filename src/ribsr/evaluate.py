@@ -29,13 +29,13 @@ from PIL import Image
 from ribsr.devices import parameter_place
 from ribsr.imageio import IMAGE_SUFFIXES, read_array
 from ribsr.imresize import imresize
+from ribsr.jobs import walk_images
 from ribsr.metrics import psnr, ssim, to_uint8
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEGRADATION_JSON",
-    "IMAGE_EXTENSIONS",
     "LRLayout",
     "UpscaleFn",
     "bicubic_upscaler",
@@ -51,8 +51,6 @@ __all__ = [
     "model_upscaler",
 ]
 
-# The image files of a dataset folder: those ``ribsr upscale`` reads (ribsr.imageio.IMAGE_SUFFIXES).
-IMAGE_EXTENSIONS = tuple(sorted(IMAGE_SUFFIXES))
 
 # Takes an LR image, uint8 (H, W) or (H, W, C), and returns its SR image in any form that
 # ribsr.metrics.to_uint8 accepts (uint8 array, float [0, 1] array or tensor). Not ribsr.Upscaler, whose
@@ -85,9 +83,9 @@ def find_hr_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {folder}")
     hr_dir = folder / "HR" if (folder / "HR").is_dir() else folder
-    files = sorted(p for p in hr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = list(walk_images(hr_dir))
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {hr_dir}")
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {hr_dir}")
     return files
 
 
@@ -191,11 +189,7 @@ def check_lr_files(folder: str | Path, scale: int, hr_files: Sequence[Path] | No
     if not lr_dir.is_dir():
         return
     expected = {layout.path(p.stem).name for p in hr_files}
-    stray = sorted(
-        p.name for p in lr_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.name not in expected
-    )
+    stray = sorted(p.name for p in walk_images(lr_dir) if p.name not in expected)
     if stray:
         example = f" (e.g. {layout.path(hr_files[0].stem).name} for {hr_files[0].name})" if hr_files else ""
         raise ValueError(

@@ -82,11 +82,9 @@ def _listing(paths: list[Path]) -> str:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from ribsr.imageio import IMAGE_SUFFIXES
+    from ribsr.jobs import walk_images
 
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    return list(walk_images(folder)) if folder.is_dir() else []
 
 
 def check_existing(out: Path, scale: int, names: set[str], overwrite: bool) -> None:

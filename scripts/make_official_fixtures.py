@@ -208,32 +208,29 @@ ESCRIB_CASES: dict[str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------------------------- the oracle
-def import_sst(sst_root: Path, module: str | None) -> tuple[type, type]:
-    """The paper's ``SST`` and ``WindowAttention2D`` classes, imported from ``sst_root``."""
+def _import_network(sst_root: Path, module: str | None, defaults: tuple[str, ...], cls: str) -> tuple[type, type]:
+    """The paper's network class ``cls`` and its ``WindowAttention2D``, from ``module`` (or the first of
+    ``defaults`` that imports) under ``sst_root``."""
     sys.path.insert(0, str(sst_root))
     errors = []
-    for name in [module] if module else DEFAULT_MODULES:
+    for name in [module] if module else defaults:
         try:
             mod = importlib.import_module(name)
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
             continue
-        return mod.SST, mod.WindowAttention2D
-    raise SystemExit(f"cannot import the paper's SST from {sst_root}:\n  " + "\n  ".join(errors))
+        return getattr(mod, cls), mod.WindowAttention2D
+    raise SystemExit(f"cannot import the paper's {cls} from {sst_root}:\n  " + "\n  ".join(errors))
+
+
+def import_sst(sst_root: Path, module: str | None) -> tuple[type, type]:
+    """The paper's ``SST`` and ``WindowAttention2D`` classes, imported from ``sst_root``."""
+    return _import_network(sst_root, module, DEFAULT_MODULES, "SST")
 
 
 def import_escrib(sst_root: Path, module: str | None) -> tuple[type, type]:
     """The paper's ``ESCRIB`` and ``WindowAttention2D`` classes, imported from ``sst_root``."""
-    sys.path.insert(0, str(sst_root))
-    errors = []
-    for name in [module] if module else DEFAULT_ESCRIB_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError as exc:
-            errors.append(f"{name}: {exc}")
-            continue
-        return mod.ESCRIB, mod.WindowAttention2D
-    raise SystemExit(f"cannot import the paper's ESCRIB from {sst_root}:\n  " + "\n  ".join(errors))
+    return _import_network(sst_root, module, DEFAULT_ESCRIB_MODULES, "ESCRIB")
 
 
 def exact_cat_attention(self: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -155,3 +155,12 @@ def test_model_modules_never_import_the_config_or_the_builders():
                 names += [a.name for a in sub.names] if isinstance(sub, ast.Import) else []
                 outside = [n for n in names if n.startswith("ribsr") and not n.startswith("ribsr.model")]
                 assert not outside, (path.name, outside)
+
+
+def test_the_package_exports_both_networks_and_their_configs():
+    import ribsr
+
+    for name in ("SST", "SSTConfig", "ESCRIB", "ESCRIBConfig"):
+        assert name in ribsr.__all__ and getattr(ribsr, name) is not None
+    net = ribsr.build_model("escrib-tiny", scale=2)
+    assert isinstance(net, ribsr.ESCRIB) and isinstance(net.config, ribsr.ESCRIBConfig)

@@ -1,4 +1,4 @@
-"""``ribsr export-onnx``: an SST checkpoint as an ONNX file for onnxruntime (dynamic batch, height and width)."""
+"""``ribsr export-onnx``: an SST or ESC-RIB checkpoint as an ONNX file (dynamic batch, height and width)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export-onnx",
         help="export a checkpoint as an ONNX file (onnxruntime, dynamic sizes)",
-        description="Export an SST checkpoint as an ONNX model with dynamic batch, height and width.",
+        description="Export an SST or ESC-RIB checkpoint as an ONNX model with dynamic batch, height and width.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

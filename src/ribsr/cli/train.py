@@ -1,4 +1,4 @@
-"""``ribsr train``: train an SST from a BasicSR-style option file (alone, or under torchrun for DDP)."""
+"""``ribsr train``: train an SST or ESC-RIB network from a BasicSR-style option file (alone, or under torchrun)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ A run holds RUN/.lock while it runs: a second ribsr train on the same --run-dir 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train an SST from a BasicSR-style option file",
-        description="Train an SST network from the paper's BasicSR-style option file.",
+        help="train an SST or ESC-RIB network from a BasicSR-style option file",
+        description="Train an SST or ESC-RIB network from the paper's BasicSR-style option file.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

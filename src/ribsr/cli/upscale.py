@@ -60,7 +60,7 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "upscale",
         help="super-resolve images (files, folders or globs)",
-        description="Super-resolve images with an SST model.",
+        description="Super-resolve images with an SST or ESC-RIB model.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -147,6 +147,20 @@ def test_real_world_stage2_recipe_differs_from_stage1_only_where_documented() ->
     assert two.train.total_iter == one.train.total_iter == 3000
 
 
+def test_escrib_comparison_recipe_is_the_x2_recipe_with_another_network() -> None:
+    """docs/models.md's per-CPU-second comparison: ESC-RIB of about the bundled x2 SST's size, the same recipe."""
+    from ribsr.build import build_network
+    from ribsr.config import ESCRIBConfig
+
+    local = REPO / "configs" / "local"
+    sst = load_options(local / "train_SST_small_x2.yml")
+    esc = load_options(local / "train_ESCRIB_small_x2.yml")
+    assert isinstance(esc.network, ESCRIBConfig) and esc.network.scale == 2
+    assert sum(p.numel() for p in build_network(esc.network).parameters()) == 74184
+    assert (esc.train, esc.train_data, esc.val_data, esc.manual_seed) == (sst.train, sst.train_data, sst.val_data,
+                                                                          sst.manual_seed)
+
+
 def test_every_network_has_its_shipped_recipes() -> None:
     names = {p.name for p in (REPO / "configs" / "paper").glob("*.yml")}
     for net in NETWORKS:

@@ -105,7 +105,8 @@ BICUBIC_RECIPES = sorted(p for p in (REPO / "configs" / "local").glob("*.yml") i
 def test_shipped_cpu_recipes_parse_and_find_their_data(path: Path) -> None:
     opts = load_options(path)
     scale = int(path.stem[-1])
-    assert opts.name == f"SST_small_x{scale}" and opts.scale == opts.network.scale == scale
+    # train_SST_small_x2.yml -> SST_small_x2, finetune_SST_small_x4.yml -> SST_small_x4, train_ESCRIB_small_x2.yml ...
+    assert opts.name == path.stem.split("_", 1)[1] and opts.scale == opts.network.scale == scale
     shared_datasets = (REPO.parent / "shared" / "datasets").resolve()  # the recipes' default data root
     assert opts.train_data.dataroot_gt.resolve() == shared_datasets
     assert opts.train_data.gt_size == 48 * scale

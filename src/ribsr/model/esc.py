@@ -36,7 +36,7 @@ from torch import nn
 
 from ribsr.model.attention import WindowAttention
 from ribsr.model.layers import ConvFFN, LayerNorm2d
-from ribsr.model.positional import CacheBudget, PositionalScheme
+from ribsr.model.positional import share_bias_budget
 
 if TYPE_CHECKING:  # model/ never imports the config at run time: ribsr.build reads it and builds these modules
     from ribsr.config import ESCRIBConfig
@@ -202,11 +202,7 @@ class ESCRIB(nn.Module):
     def set_bias_cache(self, max_bytes: int) -> None:
         """Let all blocks together keep at most ``max_bytes`` of dense biases between eval calls (0: none);
         first come, first served. Clears what is cached now."""
-        budget = CacheBudget(max_bytes)
-        for m in self.modules():
-            if isinstance(m, PositionalScheme):
-                m.clear_cache()
-                m.bias_budget = budget
+        share_bias_budget(self, max_bytes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:

@@ -56,6 +56,16 @@ class CacheBudget:
         return f"CacheBudget(used={self.used}, max_bytes={self.max_bytes})"
 
 
+def share_bias_budget(network: nn.Module, max_bytes: int) -> None:
+    """Give every positional scheme in ``network`` one :class:`CacheBudget` of ``max_bytes`` (0: no dense bias is
+    kept), first come, first served (the first layers to run); clears what they cache now."""
+    budget = CacheBudget(max_bytes)
+    for m in network.modules():
+        if isinstance(m, PositionalScheme):
+            m.clear_cache()
+            m.bias_budget = budget
+
+
 def _init_normal(p: torch.Tensor, std: float) -> None:
     """Fill ``p`` from N(0, std^2); nothing for meta tensors (shape-only builds, as checkpoint checks make),
     whose ``normal_`` goes through torch's reference implementations and imports torch._dynamo (~0.9 s)."""

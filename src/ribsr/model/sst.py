@@ -18,7 +18,7 @@ from torch import nn
 
 from ribsr.model.attention import WindowAttention
 from ribsr.model.layers import LayerNorm2d
-from ribsr.model.positional import CacheBudget, PositionalScheme
+from ribsr.model.positional import share_bias_budget
 
 if TYPE_CHECKING:  # model/ never imports the config at run time: ribsr.build reads it and builds these modules
     from ribsr.config import SSTConfig
@@ -99,11 +99,7 @@ class SST(nn.Module):
         Biases are cached first come, first served (the first layers to run); the rest are rebuilt on
         every call. Clears what is cached now.
         """
-        budget = CacheBudget(max_bytes)
-        for m in self.modules():
-            if isinstance(m, PositionalScheme):
-                m.clear_cache()
-                m.bias_budget = budget
+        share_bias_budget(self, max_bytes)
 
     def reset_parameters(self) -> None:
         """The paper's initialisation: 1x1 convs truncated-normal(0.02), conv biases zero, 3x3 default."""

@@ -282,11 +282,16 @@ def _sst_structure_problems(state: StateDict, config: SSTConfig) -> list[str]:
         if any(t is not None and t != c for t, c in zip(told, said, strict=True)):
             shown = ", ".join("?" if t is None else "none" if t == -1 else str(t) for t in told)
             p.append(f"{name}: the config says {list(said)}, the first block's weights [{shown}]")
-    ffn = _shape(state, "body.0.0.ffn.proj.weight", 4)
-    if ffn is not None and ffn[0] != config.ffn_hidden:
-        p.append(f"exp_ratio: the config's {config.exp_ratio} gives {config.ffn_hidden} feed-forward channels "
-                 f"(int(dim * exp_ratio)), body.0.0.ffn.proj.weight has {ffn[0]}")
-    return p
+    return p + _ffn_problems(state, "body.0.0.ffn.proj.weight", config)
+
+
+def _ffn_problems(state: StateDict, key: str, config: SSTConfig | ESCRIBConfig) -> list[str]:
+    """The config's feed-forward width against the first feed-forward 1x1 conv's weight ``key`` (if present)."""
+    ffn = _shape(state, key, 4)
+    if ffn is None or ffn[0] == config.ffn_hidden:
+        return []
+    return [f"exp_ratio: the config's {config.exp_ratio} gives {config.ffn_hidden} feed-forward channels "
+            f"(int(dim * exp_ratio)), {key} has {ffn[0]}"]
 
 
 def _escrib_structure_problems(state: StateDict, config: ESCRIBConfig) -> list[str]:
@@ -318,11 +323,7 @@ def _escrib_structure_problems(state: StateDict, config: ESCRIBConfig) -> list[s
     for name, value in told.items():
         if value != getattr(config, name):
             p.append(f"{name}: the config says {getattr(config, name)}, the first block's attention weights {value}")
-    ffn = _shape(state, "blocks.0.convffns.0.proj.weight", 4)
-    if ffn is not None and ffn[0] != config.ffn_hidden:
-        p.append(f"exp_ratio: the config's {config.exp_ratio} gives {config.ffn_hidden} feed-forward channels "
-                 f"(int(dim * exp_ratio)), blocks.0.convffns.0.proj.weight has {ffn[0]}")
-    return p
+    return p + _ffn_problems(state, "blocks.0.convffns.0.proj.weight", config)
 
 
 # Architecture -> its structure check (see structure_problems).

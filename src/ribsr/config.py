@@ -132,8 +132,8 @@ class NetworkConfig:
 
     Subclasses are frozen dataclasses that set ``architecture`` (the key of :data:`ARCHITECTURES`) and
     ``error`` (the :class:`ConfigError` subclass naming the architecture), implement :meth:`problems`, and
-    have ``dim``, ``scale``, ``upsampler`` and ``window_sizes`` (the window size of every attention layer of a
-    block: what tiles are aligned to), as a field or a property.
+    have ``dim``, ``exp_ratio``, ``scale``, ``upsampler`` and ``window_sizes`` (the window size of every attention
+    layer of a block: what tiles are aligned to), as a field or a property.
     """
 
     architecture: ClassVar[str]
@@ -147,6 +147,11 @@ class NetworkConfig:
         problems = self.problems()
         if problems:
             raise self.error(problems)
+
+    @property
+    def ffn_hidden(self) -> int:
+        """Channels of the feed-forward layers (SST's layers, ESC-RIB's convolutional units): int(dim * exp_ratio)."""
+        return int(self.dim * self.exp_ratio)  # type: ignore[attr-defined]
 
     def replace(self, **changes: Any) -> Any:
         """A copy with some fields changed (validated again)."""
@@ -278,10 +283,6 @@ class SSTConfig(NetworkConfig):
     def shifted(self) -> bool:
         """True when odd layers use shifted windows (only when all window sizes are equal)."""
         return len(set(self.window_sizes)) == 1
-
-    @property
-    def ffn_hidden(self) -> int:
-        return int(self.dim * self.exp_ratio)
 
     # ------------------------------------------------------------------ conversion
     def to_network_g(self) -> dict[str, Any]:
@@ -436,11 +437,6 @@ class ESCRIBConfig(NetworkConfig):
     def window_sizes(self) -> tuple[int, ...]:
         """The window size of the attention layer of a block, as a one-entry tuple (as SSTConfig's field)."""
         return (self.window_size,)
-
-    @property
-    def ffn_hidden(self) -> int:
-        """Channels of the feed-forward layers inside the convolutional units: int(dim * exp_ratio)."""
-        return int(self.dim * self.exp_ratio)
 
     # ------------------------------------------------------------------ conversion
     def to_network_g(self) -> dict[str, Any]:

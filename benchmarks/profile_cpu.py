@@ -31,7 +31,7 @@ from ribsr.config import preset
 
 # Operator name -> kind, by substring (first match wins).
 KINDS = (
-    ("attention", ("scaled_dot_product", "flash_attention")),
+    ("attention", ("scaled_dot_product", "flash_attention", "ribsr::cpu_attention")),
     ("copies", ("copy_", "clone", "_to_copy", "cat", "reflection_pad", "contiguous", "roll", "index_select")),
     ("convolutions and linear maps", ("conv", "addmm", "linear", "mm", "bmm")),
     ("pointwise", ("gelu", "add", "mul", "sigmoid", "layer_norm", "relu", "sub", "div", "pixel_shuffle")),

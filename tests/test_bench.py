@@ -25,15 +25,22 @@ def test_bench_attention_cli_writes_json_for_every_method_and_mode(tmp_path, cap
     data = json.loads(out.read_text())
     assert {"device", "torch", "results"} <= set(data) and data["device"].startswith("cpu")
     rows = data["results"]
-    assert len(rows) == 2 * len(METHODS)
-    assert {(r["method"], r["window"], r["mode"]) for r in rows} == {
-        (m, 8, mode) for m in METHODS for mode in ("forward", "backward")}
+    expected = {(m, 8, mode) for m in METHODS for mode in ("forward", "backward")
+                if mode == "forward" or not METHODS[m].forward_only}
+    assert ("RIB kernel", 8, "backward") not in expected  # the CPU kernel computes no gradients
+    assert len(rows) == len(expected) and {(r["method"], r["window"], r["mode"]) for r in rows} == expected
     for r in rows:
         assert {"method", "window", "mode", "ms", "cpu_ms", "peak_mb", "held_mb"} <= set(r)
         assert r["ms"] > 0 and r["skipped"] is None
-    paths = {r["method"]: r["path"] for r in rows}
-    assert paths["RPB naive"] == "naive" and paths["RIB concat"] == "concat" and paths["RoPE"] == "bias"
+    paths = {r["method"]: r["path"] for r in rows if r["mode"] == "forward"}
+    assert paths["RPB naive"] == "naive" and paths["RIB concat"] == "concat" and paths["NoPE SDPA"] == "bias"
+    assert paths["RIB kernel"] == "cpu_kernel" and paths["RoPE"] == "cpu_kernel"  # auto, inference
     assert "| RPB mask | 8 | backward | bias |" in capsys.readouterr().out
+
+
+def test_forward_only_methods_have_no_backward_case():
+    with pytest.raises(ValueError, match="'RIB kernel' computes no gradients"):
+        AttentionCase("RIB kernel", window=8, mode="backward")
 
 
 def test_peak_memory_is_measured_in_a_subprocess():

@@ -142,19 +142,29 @@ def test_build_sst_names_its_attention_path():
         assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 24, 24)
 
 
-def test_model_modules_never_import_the_config_or_the_builders():
-    """The import direction: ribsr.model <- ribsr.config <- ribsr.build (type-checking imports aside)."""
-    root = Path(ribsr.__file__).parent / "model"
-    for path in sorted(root.glob("*.py")):
+def _ribsr_imports(folder: str) -> dict[str, list[str]]:
+    """The ribsr modules each file of ``folder`` imports (type-checking imports aside)."""
+    found = {}
+    for path in sorted((Path(ribsr.__file__).parent / folder).glob("*.py")):
         tree = ast.parse(path.read_text())
+        names = []
         for node in tree.body:
             if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 continue
             for sub in ast.walk(node):
-                names = [sub.module or ""] if isinstance(sub, ast.ImportFrom) else []
+                names += [sub.module or ""] if isinstance(sub, ast.ImportFrom) else []
                 names += [a.name for a in sub.names] if isinstance(sub, ast.Import) else []
-                outside = [n for n in names if n.startswith("ribsr") and not n.startswith("ribsr.model")]
-                assert not outside, (path.name, outside)
+        found[path.name] = [n for n in names if n.startswith("ribsr")]
+    return found
+
+
+def test_model_modules_never_import_the_config_or_the_builders():
+    """The import direction: ribsr.kernels <- ribsr.model <- ribsr.config <- ribsr.build."""
+    for name, imports in _ribsr_imports("model").items():
+        outside = [n for n in imports if not n.startswith(("ribsr.model", "ribsr.kernels"))]
+        assert not outside, (name, outside)
+    for name, imports in _ribsr_imports("kernels").items():  # compute only: nothing of the networks
+        assert set(imports) <= {"ribsr.files"}, (name, imports)
 
 
 def test_the_package_exports_both_networks_and_their_configs():

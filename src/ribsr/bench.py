@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ribsr.devices import DTYPES
+from ribsr.kernels import cpu_attention
 from ribsr.memory import MIB, peak_bytes, proc_status_bytes
 from ribsr.model.attention import AttentionFn, AutoAttention, make_backend
 from ribsr.model.positional import RIB, RPB, CacheBudget, FlashBias, NoPE, PositionalScheme, RoPE
@@ -72,11 +73,13 @@ class Method:
     attention path (:func:`ribsr.model.attention.make_backend`). ``keeps_term``: in forward (inference)
     cases the positional term built by the warm-up call is kept between calls, as our network does in
     eval mode; False rebuilds it on every call, as the code being compared against does.
+    ``forward_only``: the path computes no gradients (it has no backward cases).
     """
 
     make: Callable[[int, int, int, int], PositionalScheme]
     backend: str
     keeps_term: bool = True
+    forward_only: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -85,6 +88,8 @@ METHODS: dict[str, Method] = {
     # q, k, v in bfloat16, as the paper's code computes RIB attention (opt-in: not exact to float32).
     "RIB concat bf16": Method(lambda h, d, r, ws: RIB(h, r), "concat_bf16"),
     "RIB reference": Method(lambda h, d, r, ws: RIB(h, r), "reference"),
+    # ribsr's own exact float32 CPU kernel (compiled on first use), what "auto" takes for CPU inference.
+    "RIB kernel": Method(lambda h, d, r, ws: RIB(h, r), "cpu_kernel", forward_only=True),
     # As the RPB networks (SwinIR, HAT, PFT) compute it: their forward gathers the (heads, N, N) bias from
     # the table on every call, then materialises the scores (QK^T/sqrt(d) + bias), softmax, times V.
     "RPB naive": Method(lambda h, d, r, ws: RPB(h, ws), "naive", keeps_term=False),
@@ -92,6 +97,7 @@ METHODS: dict[str, Method] = {
     "FlashBias": Method(lambda h, d, r, ws: FlashBias(h, r, ws), "concat"),
     "RoPE": Method(lambda h, d, r, ws: RoPE(h, d), "auto"),
     "NoPE": Method(lambda h, d, r, ws: NoPE(), "auto"),
+    "NoPE SDPA": Method(lambda h, d, r, ws: NoPE(), "bias"),  # PyTorch's fused kernel, without a mask
 }
 MODES = ("forward", "backward")
 
@@ -123,6 +129,8 @@ class AttentionCase:
             raise ValueError(f"unknown method {self.method!r}; choose from {list(METHODS)}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "backward" and METHODS[self.method].forward_only:
+            raise ValueError(f"method {self.method!r} computes no gradients: it has no backward cases")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         for name in ("window", "image", "heads", "head_dim", "rank"):
@@ -153,7 +161,7 @@ def estimate_bytes(case: AttentionCase) -> int:
     # a mask that needs a gradient sends the CPU kernel to a path that keeps the scores too
     if backend in ("reference", "naive") or (backward and pos.has_term and backend == "bias" and case.device == "cpu"):
         return (5 if backward else 3) * scores + bias + small
-    if backend == "bias" or not pos.has_factors:
+    if backend in ("bias", "cpu_kernel") or not pos.has_factors:
         return (3 if backward else 2) * bias + small
     return small
 
@@ -187,7 +195,8 @@ def _attention_callable(case: AttentionCase) -> tuple[Callable[[], None], str]:
     shape = (case.windows, case.heads, case.tokens, case.head_dim)  # (windows, heads, N, D)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
     backend: AttentionFn = make_backend(method.backend)
-    path = backend.choose(q, pos).__name__ if isinstance(backend, AutoAttention) else backend.__name__
+    with torch.enable_grad() if backward else torch.no_grad():  # the grad mode of the timed calls: auto's choice
+        path = backend.choose(q, pos).__name__ if isinstance(backend, AutoAttention) else backend.__name__
     grad = torch.randn(shape, device=device, dtype=dtype) if backward else None
 
     def attend() -> torch.Tensor:
@@ -308,6 +317,10 @@ def _bench_attention_case(case: AttentionCase, timing: Timing, max_bytes: int | 
         result["skipped"] = f"estimated {estimate / 2**30:.1f} GiB > limit {max_bytes / 2**30:.1f} GiB"
         return result
 
+    if METHODS[case.method].backend == "cpu_kernel" and not cpu_attention.available():
+        result["skipped"] = f"ribsr's CPU kernel is unavailable: {cpu_attention.unavailable_reason()}"
+        return result
+
     def make() -> Callable[[], Any]:
         fn, result["path"] = _attention_callable(case)
         return fn
@@ -351,10 +364,11 @@ def attention_cases(
     backward: bool = False,
     **fields: Any,
 ) -> list[AttentionCase]:
-    """Every (window, mode, method) case, windows in the given order."""
+    """Every (window, mode, method) case, windows in the given order (forward-only methods: forward cases)."""
     modes = MODES if backward else MODES[:1]
     return [AttentionCase(method=m, window=w, mode=mode, **fields)
-            for w in windows for mode in modes for m in (methods or list(METHODS))]
+            for w in windows for mode in modes for m in (methods or list(METHODS))
+            if mode == "forward" or not METHODS[m].forward_only]
 
 
 # ------------------------------------------------------------------------------------------ whole network

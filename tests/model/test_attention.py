@@ -13,6 +13,7 @@ from ribsr.model.attention import (
     attend_bias,
     attend_concat,
     attend_concat_bf16,
+    attend_cpu_kernel,
     attend_naive,
     attend_reference,
     make_backend,
@@ -23,7 +24,8 @@ from ribsr.model.attention import (
 from ribsr.model.layers import DWCGate
 from ribsr.model.positional import RIB, NoPE, RoPE, fourier_features, window_coordinates
 
-PATHS = {"reference": attend_reference, "naive": attend_naive, "bias": attend_bias, "concat": attend_concat}
+PATHS = {"reference": attend_reference, "naive": attend_naive, "bias": attend_bias, "concat": attend_concat,
+         "cpu_kernel": attend_cpu_kernel}
 
 
 def _rib(heads=3, rank=8, hidden=16, freqs=4):
@@ -66,7 +68,7 @@ def test_paths_agree_to_1e5(ws):
     q, k, v = (torch.randn(4, 3, ws * ws, 16) for _ in range(3))
     with torch.no_grad():
         outs = {name: fn(q, k, v, rib, ws) for name, fn in PATHS.items()}
-    for name in ("bias", "concat"):
+    for name in ("bias", "concat", "cpu_kernel"):
         assert (outs[name] - outs["reference"]).abs().max() <= 1e-5, name
     assert (outs["naive"] - outs["reference"]).abs().max() <= 1e-6  # the same operations in float32
 
@@ -98,6 +100,7 @@ def test_naive_keeps_low_precision_inputs_in_their_dtype():
 
 
 def test_auto_uses_bias_below_cap_and_concat_above(monkeypatch):
+    monkeypatch.setenv("RIBSR_CPU_KERNEL", "0")  # PyTorch's kernels: where ribsr's cannot be built
     calls = []
     import ribsr.model.attention as attention
 
@@ -121,7 +124,7 @@ def test_unknown_backend_is_rejected():
 def test_nope_paths_agree():
     q, k, v = (torch.randn(2, 2, 64, 8) for _ in range(3))
     ref = attend_reference(q, k, v, NoPE(), 8)
-    for fn in (attend_bias, attend_concat):
+    for fn in (attend_bias, attend_concat, attend_cpu_kernel):
         torch.testing.assert_close(fn(q, k, v, NoPE(), 8), ref, atol=1e-5, rtol=0)
 
 
@@ -269,6 +272,7 @@ def test_backends_get_unit_stride_heads(size, channels_last):
 
 
 def test_auto_trains_through_concat_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("RIBSR_CPU_KERNEL", "0")
     auto = make_backend("auto")
     rib = _rib()
     q = torch.randn(1, 3, 64, 16)
@@ -276,3 +280,52 @@ def test_auto_trains_through_concat_on_the_cpu(monkeypatch):
     with torch.no_grad():
         assert auto.choose(q, rib) is attend_bias
     assert auto.choose(q, NoPE()) is attend_bias
+
+
+def test_auto_takes_the_cpu_kernel_for_float32_inference_only():
+    auto = make_backend("auto")
+    rib = _rib()
+    q = torch.randn(1, 3, 64, 16)
+    with torch.no_grad():
+        assert auto.choose(q, rib) == auto.attend_cpu_kernel
+        assert auto.choose(q, NoPE()) == auto.attend_cpu_kernel
+        assert auto.choose(q.bfloat16(), rib) is attend_bias  # other dtypes: PyTorch's kernels
+        assert auto.choose(torch.randn(1, 3, 64, 72), rib) is attend_bias  # head width past the kernel's 64
+    assert auto.choose(q, rib) is attend_concat  # gradients to the factors: training
+    assert auto.choose(q.requires_grad_(), NoPE()) is attend_bias  # gradients to q
+
+
+def test_auto_kernel_gives_the_factors_past_the_bias_cap(monkeypatch):
+    import ribsr.model.attention as attention
+
+    seen = []
+    real = attention.cpu_attention.attention
+    monkeypatch.setattr(attention.cpu_attention, "attention",
+                        lambda q, k, v, bias=None, factors=None: seen.append((bias is not None, factors is not None))
+                        or real(q, k, v, bias=bias, factors=factors))
+    auto = make_backend("auto")
+    rib = _rib(rank=24).eval()
+    q, k, v = (torch.randn(2, 3, 64, 16) for _ in range(3))
+    with torch.no_grad():
+        below = auto(q, k, v, rib, 8)
+        auto.max_bias_bytes = 3 * 64 * 64 * 4 - 1
+        above = auto(q, k, v, rib, 8)
+        ref = attend_reference(q, k, v, rib, 8)
+    assert seen == [(True, False), (False, True)]
+    for out in (below, above):
+        assert (out - ref).abs().max() <= 1e-5
+
+
+def test_auto_falls_back_where_the_kernel_cannot_be_built(monkeypatch):
+    import ribsr.kernels.cpu_attention as cpu_attention
+
+    monkeypatch.setattr(cpu_attention, "_loaded", None)
+    monkeypatch.setattr(cpu_attention, "_failure", "no C++ compiler found (test)")
+    auto = make_backend("auto")
+    rib = _rib().eval()
+    q, k, v = (torch.randn(2, 3, 64, 16) for _ in range(3))
+    with torch.no_grad():
+        assert auto.choose(q, rib) is attend_bias
+        torch.testing.assert_close(auto(q, k, v, rib, 8), attend_reference(q, k, v, rib, 8), atol=1e-5, rtol=0)
+    with pytest.raises(cpu_attention.KernelUnavailable, match="no C.. compiler found"):
+        make_backend("cpu_kernel")  # named explicitly: an error when the network is built

@@ -17,7 +17,7 @@ import torch
 from ribsr.checkpoint import load_model
 
 TOL = 1e-4  # max abs difference from the oracle's output; the paper's bfloat16 attention is off by 6e-4 to 3.2e-3
-ATTENTION_PATHS = ("reference", "bias", "concat")
+ATTENTION_PATHS = ("reference", "bias", "concat", "cpu_kernel", "auto")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official-escrib"
 CASES: dict[str, dict[str, Any]] = json.loads((FIXTURES / "cases.json").read_text())
 

@@ -18,7 +18,7 @@ import torch
 from ribsr.checkpoint import CheckpointError, load_model
 
 TOL = 1e-4  # max abs difference from the oracle's output; the paper's bfloat16 attention often exceeds it
-ATTENTION_PATHS = ("reference", "bias", "concat")
+ATTENTION_PATHS = ("reference", "bias", "concat", "cpu_kernel", "auto")
 OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 CASES: dict[str, dict[str, Any]] = json.loads((OFFICIAL / "cases.json").read_text())
 

@@ -51,14 +51,16 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, metavar="DEVICE", help=f"{DEVICE_HELP} (default: {default})")
 
 
-ATTENTION_HELP = ("attention path: auto (default; exact float32), concat, bias, reference, naive, or concat_bf16 "
+ATTENTION_HELP = ("attention path: auto (default; exact float32: on the CPU ribsr's own kernel, compiled on first use, "
+                  "where a C++ compiler is found), cpu_kernel (that kernel, or an error), concat, bias, reference, "
+                  "naive, or concat_bf16 "
                   "(RIB attention in bfloat16 as the paper's code computes it: faster on CPUs with AMX/AVX512-BF16, "
                   "outputs within about 1e-3 of the exact ones)")
 
 
 # The names of ribsr.model.attention.BACKENDS (spelled out: building the parser must not import torch; a test
 # keeps the two equal).
-ATTENTION_PATHS = ("auto", "bias", "concat", "concat_bf16", "naive", "reference")
+ATTENTION_PATHS = ("auto", "bias", "concat", "concat_bf16", "cpu_kernel", "naive", "reference")
 
 
 def add_attention(p: argparse.ArgumentParser) -> None:

@@ -16,8 +16,11 @@ Every backend computes, per window and head,
   outputs differ from ``reference`` at bfloat16's precision (~1e-3), so it is never chosen by ``auto``;
 * ``naive``: the same unfused computation in the inputs' dtype (mixed precision as under autocast), as
   the RPB networks (SwinIR, HAT, PFT) compute it: the baseline of the benchmarks;
-* ``auto`` (default): ``concat`` on CUDA; on CPU ``bias`` while the dense bias stays under a memory
-  cap, else ``concat``.
+* ``cpu_kernel``: ribsr's own exact float32 CPU kernel (:mod:`ribsr.kernels.cpu_attention`, compiled on
+  first use), for inference: the dense bias added inside its single pass over the scores, or (past the memory
+  cap) the low-rank factors without ever widening v;
+* ``auto`` (default): ``concat`` on CUDA; on CPU, for float32 inference, ``cpu_kernel`` when it is built
+  (else ``bias``); otherwise ``bias`` while the dense bias stays under a memory cap, else ``concat``.
 
 The backend is chosen once, when the network is built (:func:`make_backend`).
 """
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ribsr.kernels import cpu_attention
 from ribsr.model.positional import PositionalScheme
 
 # q, k, v: (windows, heads, N, D), q and k rotated by the scheme; returns (windows, heads, N, D).
@@ -119,9 +123,36 @@ def attend_concat_bf16(q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
     return out[..., :d].to(v.dtype)
 
 
+def attend_cpu_kernel(
+    q, k, v, pos: PositionalScheme, ws: int, max_bias_bytes: int = DEFAULT_MAX_BIAS_BYTES
+) -> torch.Tensor:
+    """Exact float32 inference on the CPU by ribsr's kernel: the scheme's dense bias while heads*N*N float32
+    fits ``max_bias_bytes`` (and always for schemes without factors), else its low-rank factors.
+
+    Raises :class:`~ribsr.kernels.cpu_attention.KernelUnavailable` where the kernel cannot be built, and
+    ValueError for inputs it does not take (other dtypes, gradients).
+    """
+    heads, n = q.shape[1], q.shape[2]
+    if pos.has_factors and heads * n * n * 4 > max_bias_bytes:
+        return cpu_attention.attention(q, k, v, factors=pos.factors(ws, q.device))
+    return cpu_attention.attention(q, k, v, bias=pos.bias(ws, q.device))
+
+
+def _kernel_applies(q: torch.Tensor, pos: PositionalScheme) -> bool:
+    """Whether ``auto`` can hand this call to the CPU kernel: float32 CPU inference, not traced or compiled."""
+    if q.device.type != "cpu" or q.dtype != torch.float32:
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or pos.needs_grad()):
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    return cpu_attention.supports(q.shape[-1])
+
+
 class AutoAttention:
-    """``concat`` on CUDA; on CPU ``bias`` while heads*N*N float32 fits ``max_bias_bytes`` and no gradient
-    flows to the positional term, else ``concat``.
+    """``concat`` on CUDA. On the CPU: for float32 inference ``cpu_kernel`` when it is built (on first use;
+    not where ``RIBSR_CPU_KERNEL=0``); else ``bias`` while heads*N*N float32 fits ``max_bias_bytes`` and no
+    gradient flows to the positional term, else ``concat``.
 
     Schemes without low-rank factors (RPB, RoPE, NoPE) always take ``bias`` (with no mask when they add
     nothing to the logits).
@@ -130,6 +161,10 @@ class AutoAttention:
     def __init__(self, max_bias_bytes: int = DEFAULT_MAX_BIAS_BYTES) -> None:
         self.max_bias_bytes = max_bias_bytes
 
+    def attend_cpu_kernel(self, q, k, v, pos: PositionalScheme, ws: int) -> torch.Tensor:
+        """:func:`attend_cpu_kernel` with this backend's bias cap."""
+        return attend_cpu_kernel(q, k, v, pos, ws, self.max_bias_bytes)
+
     def choose(self, q: torch.Tensor, pos: PositionalScheme) -> AttentionFn:
         """The path this call takes for q (windows, heads, N, D) and the scheme ``pos``.
 
@@ -137,6 +172,8 @@ class AutoAttention:
         PyTorch's CPU kernel to a path that keeps the full scores (measured at window 32: 8x the memory
         and 1.5x the time of ``concat`` for forward+backward).
         """
+        if _kernel_applies(q, pos):
+            return self.attend_cpu_kernel
         if not pos.has_factors:
             return attend_bias
         heads, n = q.shape[1], q.shape[2]
@@ -155,15 +192,23 @@ BACKENDS: dict[str, Callable[[], AttentionFn]] = {
     "auto": AutoAttention,
     "concat": lambda: attend_concat,
     "concat_bf16": lambda: attend_concat_bf16,
+    "cpu_kernel": lambda: _built(attend_cpu_kernel),
     "bias": lambda: attend_bias,
     "reference": lambda: attend_reference,
     "naive": lambda: attend_naive,
 }
 
 
+def _built(fn: AttentionFn) -> AttentionFn:
+    """``fn`` once the CPU kernel is built: a backend named explicitly fails when the network is built, not later."""
+    cpu_attention.require()
+    return fn
+
+
 def make_backend(name: str = "auto") -> AttentionFn:
-    """The attention function for a backend name: ``auto``, ``concat``, ``concat_bf16``, ``bias``, ``reference``
-    or ``naive``."""
+    """The attention function for a backend name: ``auto``, ``concat``, ``concat_bf16``, ``cpu_kernel``, ``bias``,
+    ``reference`` or ``naive`` (``cpu_kernel`` raises :class:`~ribsr.kernels.cpu_attention.KernelUnavailable`
+    where it cannot be built)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
     return BACKENDS[name]()

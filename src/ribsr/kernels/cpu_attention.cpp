@@ -1,0 +1,275 @@
+// Exact float32 window attention for the CPU: softmax(scale q.k + bias + q_f.k_f) v, one window and head at a time.
+//
+// Built on first use by ribsr/kernels/cpu_attention.py (the system's C++ compiler, -O3 -march=native) and called
+// through ctypes; no Python or PyTorch headers, no OpenMP runtime (threads are std::threads, so the kernel does not
+// bring a second OpenMP into a process whose PyTorch has its own).
+//
+// Why it exists: PyTorch's CPU flash-attention kernel adds an attention mask in a pass of its own over every block
+// of scores (1.45x the time of no mask at window 64), and cannot take a v narrower than q and k (which the
+// concatenated low-rank factors need). Here, for each block of 64 query rows of one (window, head):
+//   1. k is packed transposed (D+R, N) and v row-major (N, DV*16) once per (window, head) and thread;
+//   2. scores of 8 query rows at a time: one pass over the keys, 16 at a time, computing the dot products, adding
+//      the bias row and keeping the running maximum (the scores of the 8 rows stay in a per-thread buffer);
+//   3. exp(score - max) in place, and the row sums;
+//   4. the weighted sum of v rows, 8 query rows per v row loaded, summed in blocks of 256 keys (so that the
+//      rounding error grows with the block, not with N), divided by the row sum.
+// Every softmax row is computed whole (no online rescaling): N floats per row fit the caches for the windows SR
+// networks use (N = 9216 at window 96 is 36 KiB per row).
+//
+// Vectors are GCC/Clang vector extensions of 16 floats: AVX-512 registers where the CPU has them, pairs of AVX2 or
+// four SSE/NEON registers where it does not.
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <atomic>
+#include <new>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int L = 16;          // floats per vector
+constexpr int ROWS = 8;        // query rows per pass over the keys
+constexpr int64_t BLOCK = 64;  // query rows per work item
+constexpr int64_t KEY_BLOCK = 256;
+constexpr int MAX_DK = 256;    // D + R
+constexpr int CHANNEL_STEP = 8;  // q.k channels are summed this many at a time (D + R padded with zeros)
+constexpr int MAX_DV_VECTORS = 4;  // D <= 64
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+
+inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }  // (not vf{} + x: a scalar add)
+inline vf loadu(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
+inline void storeu(float* p, vf v) { memcpy(p, &v, sizeof v); }
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline float hmax(vf a) { float m = a[0]; for (int i = 1; i < L; i++) m = a[i] > m ? a[i] : m; return m; }
+inline float hsum(vf a) { float s = 0.0f; for (int i = 0; i < L; i++) s += a[i]; return s; }
+
+// exp(x) for x <= 0: Cephes' expf polynomial (about 1 ulp); x below -87 gives about 1.6e-38; NaN stays NaN.
+inline vf vexp(vf x) {
+    x = x < splat(-87.0f) ? splat(-87.0f) : x;
+    const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer, kept in the low bits
+    const vf t = x * splat(1.44269504088896341f) + magic;
+    const vf n = t - magic;  // round(x / ln 2)
+    const vf r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);  // x - n ln 2, ln 2 in two parts
+    vf y = splat(1.9875691500e-4f);
+    y = y * r + splat(1.3981999507e-3f);
+    y = y * r + splat(8.3334519073e-3f);
+    y = y * r + splat(4.1665795894e-2f);
+    y = y * r + splat(1.6666665459e-1f);
+    y = y * r + splat(5.0000001201e-1f);
+    y = y * (r * r) + r + splat(1.0f);
+    const vi two_n = ((vi)t - (vi)magic + 127) << 23;  // the bits of 2^n
+    return y * (vf)two_n;
+}
+
+struct Problem {
+    const float *q, *k, *v, *bias, *qf, *kf;
+    float* o;
+    int64_t sq[3], sk[3], sv[3], so[3];  // strides of (window, head, token); the channel stride is 1
+    int64_t sbh, sbn;                    // bias strides of (head, query); the key stride is 1
+    int64_t sfh, sfn;                    // factor strides of (head, token); the rank stride is 1
+    int64_t windows, heads, n, d, r;
+    float scale;
+};
+
+// Per-thread buffers for one (window, head): k^T and the factors k_f^T (DK, npad), v (npad, DVV * L) with zero
+// padding, and the scores of ROWS query rows (ROWS, npad).
+struct Scratch {
+    int64_t npad = 0, dk = 0, dvp = 0;
+    float *kt = nullptr, *vp = nullptr, *s = nullptr;
+    bool ok = false;
+    Scratch(int64_t n, int64_t dk_, int64_t dv_vectors) : npad((n + L - 1) / L * L), dk(dk_), dvp(dv_vectors * L) {
+        kt = alloc(dk * npad);
+        vp = alloc(npad * dvp);
+        s = alloc(ROWS * npad);
+        ok = kt && vp && s;
+    }
+    ~Scratch() { free(kt); free(vp); free(s); }
+    static float* alloc(int64_t count) {
+        size_t bytes = ((size_t)count * sizeof(float) + 63) / 64 * 64;
+        return (float*)aligned_alloc(64, bytes);
+    }
+};
+
+void pack(const Problem& p, int64_t w, int64_t h, Scratch& sc) {
+    const int64_t n = p.n, d = p.d, npad = sc.npad;
+    const float* kb = p.k + w * p.sk[0] + h * p.sk[1];
+    const float* vb = p.v + w * p.sv[0] + h * p.sv[1];
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t c = 0; c < d; c++) sc.kt[c * npad + j] = kb[j * p.sk[2] + c];
+    if (p.kf) {
+        const float* fb = p.kf + h * p.sfh;
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t c = 0; c < p.r; c++) sc.kt[(d + c) * npad + j] = fb[j * p.sfn + c];
+    }
+    for (int64_t c = 0; c < sc.dk; c++)  // keys past N, and channels past D + R: zeros
+        for (int64_t j = (c < d + p.r ? n : 0); j < npad; j++) sc.kt[c * npad + j] = 0.0f;
+    for (int64_t j = 0; j < npad; j++) {
+        float* row = sc.vp + j * sc.dvp;
+        for (int64_t c = 0; c < sc.dvp; c++) row[c] = (j < n && c < d) ? vb[j * p.sv[2] + c] : 0.0f;
+    }
+}
+
+template <int DVV>
+void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratch& sc) {
+    // Everything the loops read, as locals: the stores into the score buffer go through memcpy, which may alias
+    // any memory, so fields of p and sc would be loaded again after every store.
+    const int64_t n = p.n, d = p.d, r_ = p.r, dk = sc.dk, npad = sc.npad, nfull = n / L * L;
+    const int64_t sqn = p.sq[2], sbn = p.sbn, sfn = p.sfn, son = p.so[2];
+    const float scale = p.scale;
+    const float* const qb = p.q + w * p.sq[0] + h * p.sq[1];
+    const float* const qfb = p.qf ? p.qf + h * p.sfh : nullptr;
+    const float* const bb = p.bias ? p.bias + h * p.sbh : nullptr;
+    float* const ob = p.o + w * p.so[0] + h * p.so[1];
+    const float* const kt = sc.kt;
+    const float* const vp = sc.vp;
+    float* const s = sc.s;
+    for (int64_t i = i0; i < i1; i += ROWS) {
+        const int rr = (i1 - i) < ROWS ? (int)(i1 - i) : ROWS;
+        // the query rows, channel-major: [scale q, q_f, zeros], zero rows past the block's end
+        float qr[MAX_DK][ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            for (int64_t c = 0; c < d; c++) qr[c][r] = r < rr ? qb[(i + r) * sqn + c] * scale : 0.0f;
+            for (int64_t c = d; c < d + r_; c++) qr[c][r] = r < rr ? qfb[(i + r) * sfn + (c - d)] : 0.0f;
+            for (int64_t c = d + r_; c < dk; c++) qr[c][r] = 0.0f;
+        }
+        vf mx[ROWS];
+        for (int r = 0; r < ROWS; r++) mx[r] = splat(-INFINITY);
+        // keys in vectors of L; the last, partial vector (N not a multiple of L) goes through memory below, so
+        // that every index into acc here is a constant and acc stays in registers
+        for (int64_t j = 0; j < npad; j += L) {
+            vf acc[ROWS];
+            for (int r = 0; r < ROWS; r++) acc[r] = splat(0.0f);
+            for (int64_t c0 = 0; c0 < dk; c0 += CHANNEL_STEP) {  // dk: a multiple of CHANNEL_STEP (zero padded)
+#pragma GCC unroll 8
+                for (int c = 0; c < CHANNEL_STEP; c++) {
+                    const vf kv = loadu(kt + (c0 + c) * npad + j);
+                    for (int r = 0; r < ROWS; r++) acc[r] += splat(qr[c0 + c][r]) * kv;
+                }
+            }
+            if (bb && j < nfull) {
+                for (int r = 0; r < ROWS; r++)
+                    if (r < rr) acc[r] += loadu(bb + (i + r) * sbn + j);
+            }
+            for (int r = 0; r < ROWS; r++) storeu(s + r * npad + j, acc[r]);
+            if (j < nfull) {
+                for (int r = 0; r < ROWS; r++) mx[r] = vmax(mx[r], acc[r]);
+            }
+        }
+        if (nfull < npad) {  // the partial vector: its bias, -inf past N, then its share of the maximum
+            for (int r = 0; r < ROWS; r++) {
+                float* tail = s + r * npad + nfull;
+                for (int64_t jj = nfull; jj < npad; jj++) {
+                    if (jj >= n) tail[jj - nfull] = -INFINITY;
+                    else if (bb && r < rr) tail[jj - nfull] += bb[(i + r) * sbn + jj];
+                }
+                mx[r] = vmax(mx[r], loadu(tail));
+            }
+        }
+        float inv[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            float m = hmax(mx[r]);
+            if (m == -INFINITY) m = 0.0f;  // a row of -inf biases (or a padding row): no NaN from -inf - -inf
+            const vf mv = splat(m);
+            vf sum = splat(0.0f);
+            float* sr = s + r * npad;
+            for (int64_t j = 0; j < npad; j += L) {
+                const vf e = vexp(loadu(sr + j) - mv);
+                sum += e;
+                storeu(sr + j, e);
+            }
+            inv[r] = 1.0f / hsum(sum);
+        }
+        vf acc[ROWS][DVV];
+        for (int r = 0; r < ROWS; r++)
+            for (int c = 0; c < DVV; c++) acc[r][c] = splat(0.0f);
+        for (int64_t j0 = 0; j0 < n; j0 += KEY_BLOCK) {
+            vf part[ROWS][DVV];
+            for (int r = 0; r < ROWS; r++)
+                for (int c = 0; c < DVV; c++) part[r][c] = splat(0.0f);
+            const int64_t j1 = j0 + KEY_BLOCK < n ? j0 + KEY_BLOCK : n;
+            for (int64_t j = j0; j < j1; j++) {
+                const float* vj = vp + j * (DVV * L);
+                for (int c = 0; c < DVV; c++) {
+                    const vf vv = loadu(vj + c * L);
+                    for (int r = 0; r < ROWS; r++) part[r][c] += splat(s[r * npad + j]) * vv;
+                }
+            }
+            for (int r = 0; r < ROWS; r++)
+                for (int c = 0; c < DVV; c++) acc[r][c] += part[r][c];
+        }
+        for (int r = 0; r < rr; r++) {
+            float out[DVV * L];
+            for (int c = 0; c < DVV; c++) storeu(out + c * L, acc[r][c] * splat(inv[r]));
+            float* orow = ob + (i + r) * son;
+            for (int64_t c = 0; c < d; c++) orow[c] = out[c];
+        }
+    }
+}
+
+typedef void (*RowsFn)(const Problem&, int64_t, int64_t, int64_t, int64_t, Scratch&);
+const RowsFn ROWS_FNS[MAX_DV_VECTORS] = {rows<1>, rows<2>, rows<3>, rows<4>};
+
+// Work items (window, head, block of BLOCK query rows) in order; a thread takes a contiguous range and packs k and
+// v again only when its (window, head) changes.
+void work(const Problem& p, int64_t begin, int64_t end, std::atomic<int>* error) {
+    const int64_t dvv = (p.d + L - 1) / L;
+    Scratch sc(p.n, (p.d + p.r + CHANNEL_STEP - 1) / CHANNEL_STEP * CHANNEL_STEP, dvv);
+    if (!sc.ok) { error->store(2); return; }
+    const int64_t blocks = (p.n + BLOCK - 1) / BLOCK;
+    int64_t packed = -1;
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t wh = item / blocks, blk = item % blocks;
+        const int64_t w = wh / p.heads, h = wh % p.heads;
+        if (wh != packed) { pack(p, w, h, sc); packed = wh; }
+        const int64_t i0 = blk * BLOCK, i1 = i0 + BLOCK < p.n ? i0 + BLOCK : p.n;
+        ROWS_FNS[dvv - 1](p, w, h, i0, i1, sc);
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// The limits callers check against: D <= ribsr_max_head_dim(), D + R <= ribsr_max_key_dim().
+int ribsr_max_head_dim(void) { return MAX_DV_VECTORS * L; }
+int ribsr_max_key_dim(void) { return MAX_DK; }
+
+// o = softmax(scale q.k^T + bias + q_f.k_f^T) v per (window, head); returns 0, or 1 (bad sizes), 2 (out of memory). q, k, v, o: (windows, heads, n, d) with strides s*[0..2] and channel stride 1;
+// bias: (heads, n, n) with strides (sbh, sbn, 1), or NULL; qf, kf: (heads, n, r) with strides (sfh, sfn, 1), or NULL.
+int ribsr_attention_f32(const float* q, const int64_t* sq, const float* k, const int64_t* sk, const float* v,
+                        const int64_t* sv, const float* bias, int64_t sbh, int64_t sbn, const float* qf,
+                        const float* kf, int64_t r, int64_t sfh, int64_t sfn, float* o, const int64_t* so,
+                        int64_t windows, int64_t heads, int64_t n, int64_t d, float scale, int threads) {
+    if (windows < 0 || heads < 0 || n < 0 || d < 1 || d > MAX_DV_VECTORS * L || r < 0 || (r > 0 && (!qf || !kf)) ||
+        d + r > MAX_DK || threads < 1)
+        return 1;
+    if (windows == 0 || heads == 0 || n == 0) return 0;
+    Problem p{q, k, v, bias, r > 0 ? qf : nullptr, r > 0 ? kf : nullptr, o, {sq[0], sq[1], sq[2]},
+              {sk[0], sk[1], sk[2]}, {sv[0], sv[1], sv[2]}, {so[0], so[1], so[2]}, sbh, sbn, sfh, sfn,
+              windows, heads, n, d, r, scale};
+    const int64_t items = windows * heads * ((n + BLOCK - 1) / BLOCK);
+    const int64_t t = threads < items ? threads : items;
+    std::atomic<int> error{0};
+    std::vector<std::thread> pool;
+    int64_t started = 1;  // ranges [1, started) run on their own threads, range 0 on this one
+    try {
+        pool.reserve(t - 1);
+        for (int64_t i = 1; i < t; i++) {
+            pool.emplace_back(work, std::cref(p), items * i / t, items * (i + 1) / t, &error);
+            started = i + 1;
+        }
+    } catch (...) {  // no more threads (or no memory for them): this thread does the ranges left
+    }
+    work(p, 0, items / t, &error);
+    for (int64_t i = started; i < t; i++) work(p, items * i / t, items * (i + 1) / t, &error);
+    for (auto& th : pool) th.join();
+    return error.load();
+}
+
+}  // extern "C"

@@ -88,8 +88,9 @@ def time_call(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
 
 
 def bench_size(ours: torch.nn.Module, theirs: torch.nn.Module, size: int, repeats: int,
-               oracle_ctx: Callable[[], contextlib.AbstractContextManager[None]]) -> dict[str, float]:
-    """Median seconds of each model on a (1, 3, size, size) input and the max abs difference of the outputs."""
+               oracle_ctx: Callable[[], contextlib.AbstractContextManager[None]]) -> dict[str, Any]:
+    """Median seconds of each model on a (1, 3, size, size) input (and every call's), and the max abs difference of
+    the outputs."""
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
     times: dict[str, list[float]] = {"ours": [], "theirs": []}
     with torch.inference_mode(), oracle_ctx():
@@ -107,6 +108,8 @@ def bench_size(ours: torch.nn.Module, theirs: torch.nn.Module, size: int, repeat
         "ours": statistics.median(times["ours"]),
         "theirs": statistics.median(times["theirs"]),
         "max_abs_diff": (out_ours - out_theirs).abs().max().item(),
+        "ours_all": times["ours"],
+        "theirs_all": times["theirs"],
     }
 
 
@@ -129,11 +132,14 @@ def main() -> int:
                    help="the paper's bfloat16 attention (default) or the float64 one of the fixture script")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--tol", type=float, default=1e-2, help="largest max abs difference accepted (default 1e-2)")
+    p.add_argument("--tune-allocator", action="store_true",
+                   help="ribsr.tune_cpu_allocator() first, as the ribsr command line does (process-wide: both models)")
     a = p.parse_args()
     if not a.official_root.is_dir():
         raise SystemExit(f"--official-root {a.official_root} is not a directory")
 
     torch.set_num_threads(a.threads)
+    tuned = ribsr.tune_cpu_allocator() if a.tune_allocator else False
     fixtures = _fixture_script()
     sst_cls, attn_cls = fixtures.import_sst(a.official_root, a.official_module)
 
@@ -151,13 +157,16 @@ def main() -> int:
         return fixtures.exact_attention(attn_cls) if a.oracle_attention == "exact" else contextlib.nullcontext()
 
     print(f"SST light x2 (paper's SSTlight_X2 network_g), float32, CPU, {torch.get_num_threads()} threads, "
-          f"{a.repeats} alternating repeats; ribsr attention {a.attention!r}, oracle attention {a.oracle_attention!r}")
+          f"{a.repeats} alternating repeats; ribsr attention {a.attention!r}, oracle attention {a.oracle_attention!r}; "
+          f"glibc allocator {'tuned' if tuned else 'as it is'}")
     worst = 0.0
     for size in a.sizes:
         r = bench_size(ours, theirs, size, a.repeats, oracle_ctx)
         worst = max(worst, r["max_abs_diff"])
         print(f"  {size:4d}x{size:<4d} ours {r['ours']:8.3f} s   theirs {r['theirs']:8.3f} s   "
               f"theirs/ours {r['theirs'] / r['ours']:5.2f}   max abs diff {r['max_abs_diff']:.2e}")
+        print(f"             calls (s): ours {' '.join(f'{t:.3f}' for t in r['ours_all'])}; "
+              f"theirs {' '.join(f'{t:.3f}' for t in r['theirs_all'])}")
     if worst > a.tol:
         print(f"outputs DISAGREE: max abs diff {worst:.2e} > --tol {a.tol:g}")
         return 1

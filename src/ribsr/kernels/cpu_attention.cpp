@@ -138,6 +138,9 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
             for (int64_t c = d; c < d + r_; c++) qr[c][r] = r < rr ? qfb[(i + r) * sfn + (c - d)] : 0.0f;
             for (int64_t c = d + r_; c < dk; c++) qr[c][r] = 0.0f;
         }
+        // the bias rows (rows past the block's end read the last row's: added to scores never used)
+        const float* brow[ROWS];
+        for (int r = 0; r < ROWS; r++) brow[r] = bb ? bb + (i + (r < rr ? r : rr - 1)) * sbn : nullptr;
         vf mx[ROWS];
         for (int r = 0; r < ROWS; r++) mx[r] = splat(-INFINITY);
         // keys in vectors of L; the last, partial vector (N not a multiple of L) goes through memory below, so
@@ -153,8 +156,7 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
                 }
             }
             if (bb && j < nfull) {
-                for (int r = 0; r < ROWS; r++)
-                    if (r < rr) acc[r] += loadu(bb + (i + r) * sbn + j);
+                for (int r = 0; r < ROWS; r++) acc[r] += loadu(brow[r] + j);
             }
             for (int r = 0; r < ROWS; r++) storeu(s + r * npad + j, acc[r]);
             if (j < nfull) {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,32 @@ def test_the_source_ships_with_the_package():
     assert cpu_attention.SOURCE.is_file()
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"kernels/*.cpp"' in pyproject
+
+
+def test_the_build_names_its_vector_instructions(monkeypatch):
+    isa = cpu_attention.vector_isa()
+    assert isa in ("avx512", "avx2", "neon", "generic")
+    assert cpu_attention.supports(16) == (isa in cpu_attention.FAST_ISAS)
+    monkeypatch.setattr(cpu_attention._loaded, "isa", "generic")  # auto leaves such builds alone
+    assert not cpu_attention.supports(16)
+    q = torch.randn(1, 1, 16, 8)
+    torch.testing.assert_close(attention(q, q, q).double(), _float64(q, q, q), atol=TOL, rtol=0)  # still callable
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 builds")
+@pytest.mark.parametrize(("march", "isa"), [("x86-64-v3", "avx2"), ("x86-64-v2", "generic")])
+def test_the_narrow_vector_builds_compute_the_same(monkeypatch, tmp_path, march, isa):
+    """The 8-float, 4-row variant (AVX2, NEON, generic) on this CPU, built for an older x86 level."""
+    cxx = cpu_attention.compiler()
+    path = tmp_path / f"cpu_attention-{march}.so"
+    flags = [f for f in cpu_attention.FLAGS if not f.startswith("-march")]
+    subprocess.run([*cxx, *flags, f"-march={march}", str(cpu_attention.SOURCE), "-o", str(path)], check=True)
+    monkeypatch.setattr(cpu_attention, "_loaded", cpu_attention._Library(path))
+    assert cpu_attention.vector_isa() == isa
+    for windows, heads, n, d, rank in SHAPES:
+        q, k, v = _qkv(windows, heads, n, d)
+        g = torch.Generator().manual_seed(1)
+        bias = torch.randn(heads, n, n, generator=g)
+        factors = tuple(torch.randn(heads, n, rank, generator=g) for _ in range(2)) if rank else None
+        out = attention(q, k, v, bias=bias, factors=factors, threads=2)
+        torch.testing.assert_close(out.double(), _float64(q, k, v, bias, factors), atol=TOL, rtol=0)

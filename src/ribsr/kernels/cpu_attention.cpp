@@ -7,22 +7,27 @@
 // Why it exists: PyTorch's CPU flash-attention kernel adds an attention mask in a pass of its own over every block
 // of scores (1.45x the time of no mask at window 64), and cannot take a v narrower than q and k (which the
 // concatenated low-rank factors need). Here, for each block of 64 query rows of one (window, head):
-//   1. k is packed transposed (D+R, N) and v row-major (N, DV*16) once per (window, head) and thread;
-//   2. scores of 8 query rows at a time: one pass over the keys, 16 at a time, computing the dot products, adding
-//      the bias row and keeping the running maximum (the scores of the 8 rows stay in a per-thread buffer);
+//   1. k is packed transposed (D+R, N) and v row-major (N, D rounded up to a vector) once per (window, head) and
+//      thread;
+//   2. scores of ROWS (8, or 4 without AVX-512) query rows at a time: one pass over the keys, a vector at a time,
+//      computing the dot products, adding the bias rows and keeping the running maxima (the rows' scores stay in a
+//      per-thread buffer);
 //   3. exp(score - max) in place, and the row sums;
-//   4. the weighted sum of v rows, 8 query rows per v row loaded, summed in blocks of 256 keys (so that the
+//   4. the weighted sum of v rows, ROWS query rows per v row loaded, summed in blocks of 256 keys (so that the
 //      rounding error grows with the block, not with N), divided by the row sum.
 // Every softmax row is computed whole (no online rescaling): N floats per row fit the caches for the windows SR
 // networks use (N = 9216 at window 96 is 36 KiB per row).
 //
-// Vectors are GCC/Clang vector extensions of 16 floats: AVX-512 registers where the CPU has them, pairs of AVX2 or
-// four SSE/NEON registers where it does not.
+// Vectors are GCC/Clang vector extensions: 16 floats (AVX-512 registers) where the CPU has AVX-512, else 8 floats
+// (AVX2 registers, or pairs of NEON ones); exp uses AVX-512's rounding and scaling instructions where it can.
 
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <atomic>
 #include <new>
@@ -31,18 +36,29 @@
 
 namespace {
 
-constexpr int L = 16;          // floats per vector
-constexpr int ROWS = 8;        // query rows per pass over the keys
+// Vectors of 16 floats and 8 query rows at a time where the CPU has AVX-512 (32 vector registers); of 8 floats and
+// 4 rows elsewhere (AVX2 and NEON-class machines: 16 registers of 32 bytes, or 32 of 16), so that the accumulators
+// stay in registers (16-float vectors split into AVX2 halves ran 8x slower).
+#if defined(__AVX512F__)
+constexpr int L = 16;  // floats per vector
+constexpr int ROWS = 8;  // query rows per pass over the keys
+#else
+constexpr int L = 8;
+constexpr int ROWS = 4;
+#endif
 constexpr int64_t BLOCK = 64;  // query rows per work item
 constexpr int64_t KEY_BLOCK = 256;
 constexpr int MAX_DK = 256;    // D + R
 constexpr int CHANNEL_STEP = 8;  // q.k channels are summed this many at a time (D + R padded with zeros)
-constexpr int MAX_DV_VECTORS = 4;  // D <= 64
+constexpr int MAX_HEAD_DIM = 64;
+constexpr int MAX_DV_VECTORS = MAX_HEAD_DIM / L;
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
+typedef float vf __attribute__((vector_size(L * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(L * sizeof(int32_t))));
 
-inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }  // (not vf{} + x: a scalar add)
+// x in every lane. (vf{} + x would add 0 to x as a scalar first: -0 + 0 is +0, so it cannot be folded away;
+// x - 0 is x for every x, so the subtraction is.)
+inline vf splat(float x) { return x - vf{}; }
 inline vf loadu(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
 inline void storeu(float* p, vf v) { memcpy(p, &v, sizeof v); }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
@@ -50,6 +66,23 @@ inline float hmax(vf a) { float m = a[0]; for (int i = 1; i < L; i++) m = a[i] >
 inline float hsum(vf a) { float s = 0.0f; for (int i = 0; i < L; i++) s += a[i]; return s; }
 
 // exp(x) for x <= 0: Cephes' expf polynomial (about 1 ulp); x below -87 gives about 1.6e-38; NaN stays NaN.
+#if defined(__AVX512F__)
+// With AVX-512: the rounding and the scaling by 2^n are single instructions (vrndscaleps, vscalefps).
+inline vf vexp(vf x) {
+    x = (vf)_mm512_max_ps((__m512)splat(-87.0f), (__m512)x);  // max(c, x) returns x where x is NaN
+    const vf n = (vf)_mm512_roundscale_ps((__m512)(x * splat(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT |
+                                                                                         _MM_FROUND_NO_EXC);
+    const vf r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);  // x - n ln 2, ln 2 in two parts
+    vf y = splat(1.9875691500e-4f);
+    y = y * r + splat(1.3981999507e-3f);
+    y = y * r + splat(8.3334519073e-3f);
+    y = y * r + splat(4.1665795894e-2f);
+    y = y * r + splat(1.6666665459e-1f);
+    y = y * r + splat(5.0000001201e-1f);
+    y = y * (r * r) + r + splat(1.0f);
+    return (vf)_mm512_scalef_ps((__m512)y, (__m512)n);
+}
+#else
 inline vf vexp(vf x) {
     x = x < splat(-87.0f) ? splat(-87.0f) : x;
     const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer, kept in the low bits
@@ -66,6 +99,7 @@ inline vf vexp(vf x) {
     const vi two_n = ((vi)t - (vi)magic + 127) << 23;  // the bits of 2^n
     return y * (vf)two_n;
 }
+#endif
 
 struct Problem {
     const float *q, *k, *v, *bias, *qf, *kf;
@@ -215,7 +249,11 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
 }
 
 typedef void (*RowsFn)(const Problem&, int64_t, int64_t, int64_t, int64_t, Scratch&);
+#if defined(__AVX512F__)
 const RowsFn ROWS_FNS[MAX_DV_VECTORS] = {rows<1>, rows<2>, rows<3>, rows<4>};
+#else
+const RowsFn ROWS_FNS[MAX_DV_VECTORS] = {rows<1>, rows<2>, rows<3>, rows<4>, rows<5>, rows<6>, rows<7>, rows<8>};
+#endif
 
 // Work items (window, head, block of BLOCK query rows) in order; a thread takes a contiguous range and packs k and
 // v again only when its (window, head) changes.
@@ -238,8 +276,22 @@ void work(const Problem& p, int64_t begin, int64_t end, std::atomic<int>* error)
 
 extern "C" {
 
+// The vector instructions this build uses: "avx512", "avx2" (with FMA), "neon" (AArch64) or "generic" (whatever the
+// compiler makes of the vector extensions: measured slower than PyTorch's kernel on x86 without AVX).
+const char* ribsr_vector_isa(void) {
+#if defined(__AVX512F__)
+    return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+    return "avx2";
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+    return "neon";
+#else
+    return "generic";
+#endif
+}
+
 // The limits callers check against: D <= ribsr_max_head_dim(), D + R <= ribsr_max_key_dim().
-int ribsr_max_head_dim(void) { return MAX_DV_VECTORS * L; }
+int ribsr_max_head_dim(void) { return MAX_HEAD_DIM; }
 int ribsr_max_key_dim(void) { return MAX_DK; }
 
 // o = softmax(scale q.k^T + bias + q_f.k_f^T) v per (window, head); returns 0, or 1 (bad sizes), 2 (out of memory). q, k, v, o: (windows, heads, n, d) with strides s*[0..2] and channel stride 1;
@@ -248,7 +300,7 @@ int ribsr_attention_f32(const float* q, const int64_t* sq, const float* k, const
                         const int64_t* sv, const float* bias, int64_t sbh, int64_t sbn, const float* qf,
                         const float* kf, int64_t r, int64_t sfh, int64_t sfn, float* o, const int64_t* so,
                         int64_t windows, int64_t heads, int64_t n, int64_t d, float scale, int threads) {
-    if (windows < 0 || heads < 0 || n < 0 || d < 1 || d > MAX_DV_VECTORS * L || r < 0 || (r > 0 && (!qf || !kf)) ||
+    if (windows < 0 || heads < 0 || n < 0 || d < 1 || d > MAX_HEAD_DIM || r < 0 || (r > 0 && (!qf || !kf)) ||
         d + r > MAX_DK || threads < 1)
         return 1;
     if (windows == 0 || heads == 0 || n == 0) return 0;

@@ -8,7 +8,11 @@ the CPU when it can (:mod:`ribsr.model.attention`).
 The C++ source ships with the package and is compiled once per machine and compiler with the system's C++
 compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``; ``-O3 -march=native``, about a second) into the
 cache folder (:func:`cache_dir`), then loaded with ctypes. Without a compiler, or with
-``RIBSR_CPU_KERNEL=0`` in the environment, :func:`available` is False and ``auto`` uses PyTorch's kernels.
+``RIBSR_CPU_KERNEL=0`` in the environment, :func:`available` is False and ``auto`` uses PyTorch's kernels;
+``auto`` also leaves builds for CPUs without AVX2/FMA, AVX-512 or NEON alone (:data:`FAST_ISAS`).
+
+To build it ahead of time (a container image, a read-only home later):
+``python -c "from ribsr.kernels import cpu_attention; print(cpu_attention.build())"``.
 """
 
 from __future__ import annotations
@@ -149,6 +153,8 @@ class _Library:
             ptr, ptr,  # o, so
             i64, i64, i64, i64, ctypes.c_float, ctypes.c_int,  # windows, heads, n, d, scale, threads
         ]
+        lib.ribsr_vector_isa.restype = ctypes.c_char_p
+        self.isa = lib.ribsr_vector_isa().decode()
         lib.ribsr_max_head_dim.restype = ctypes.c_int
         lib.ribsr_max_key_dim.restype = ctypes.c_int
         self.max_head_dim = int(lib.ribsr_max_head_dim())
@@ -208,13 +214,29 @@ def unavailable_reason() -> str | None:
     return None
 
 
+#: The vector instruction sets the kernel is built for where ``auto`` takes it: on x86 without AVX2 and FMA the
+#: build was measured 1.6x slower than PyTorch's masked kernel (``ATEN_CPU_CAPABILITY=default`` on this machine,
+#: window 64), with AVX2 1.34x faster, with AVX-512 1.5x faster (docs/benchmarks.md).
+FAST_ISAS = ("avx512", "avx2", "neon")
+
+
+def vector_isa() -> str | None:
+    """The vector instructions of the built kernel (``avx512``, ``avx2``, ``neon``, ``generic``); None when it
+    cannot be built."""
+    try:
+        return _library().isa
+    except KernelUnavailable:
+        return None
+
+
 def supports(head_dim: int, rank: int = 0) -> bool:
-    """True when the kernel is available and takes head width ``head_dim`` with ``rank`` factor channels."""
+    """True when the kernel is available, built for one of :data:`FAST_ISAS` and takes head width ``head_dim``
+    with ``rank`` factor channels (what ``auto`` asks before taking it)."""
     try:
         lib = _library()
     except KernelUnavailable:
         return False
-    return 1 <= head_dim <= lib.max_head_dim and head_dim + rank <= lib.max_key_dim
+    return lib.isa in FAST_ISAS and 1 <= head_dim <= lib.max_head_dim and head_dim + rank <= lib.max_key_dim
 
 
 def _strides(t: torch.Tensor) -> ctypes.Array:

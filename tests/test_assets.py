@@ -61,6 +61,21 @@ def test_bundled_real_world_model_is_the_default_x4_network():
         ribsr.load_model("real", scale=2)
 
 
+def test_bundled_escrib_is_the_small_x2_esc_rib_and_beats_bicubic(datasets_dir, one_thread):
+    assert bundled_scales("escrib") == [2]  # x2 only (docs/models.md, "ESC-RIB x2")
+    path = bundled_model_path("escrib")
+    assert path.stat().st_size <= 5 * 2**20
+    model = ribsr.load_model("escrib")
+    assert isinstance(model, ribsr.ESCRIB) and model.config.scale == 2
+    assert sum(p.numel() for p in model.parameters()) == 74_184  # configs/local/train_ESCRIB_small_x2.yml
+    hr = mod_crop(np.array(Image.open(datasets_dir / "Set5" / "HR" / "butterfly.png")), 2)
+    lr = np.array(Image.open(datasets_dir / "Set5" / "LR_bicubic" / "X2" / "butterflyx2.png"))
+    sr_psnr = ribsr.psnr(model_upscaler(model)(lr), hr, crop_border=2)
+    assert sr_psnr > ribsr.psnr(bicubic_upscaler(2)(lr), hr, crop_border=2) + 1.0
+    with pytest.raises(NoBundledModelError, match=r"no bundled escrib model for x4 \(bundled: x2\)"):
+        ribsr.load_model("escrib", scale=4)
+
+
 def test_real_world_model_beats_the_default_on_jpeg_lr(datasets_dir, one_thread):
     """On the butterfly downscaled and saved as JPEG q=30 the real-world model gains over bicubic where the
     bicubic-trained default model loses (it sharpens the blocks); docs/models.md has the whole-set numbers."""

@@ -73,13 +73,13 @@ def bicubic_decoded(img: DecodedImage, scale: int) -> DecodedImage:
 def side_label(spec: str | os.PathLike[str] | None, scale: int, denoise: float | None = None) -> str:
     """A short name of a side for labels: ``bicubic x2``, ``default x2``, ``real x4``, ``real x4 (denoise 0.5)``,
     or a checkpoint's file name with its scale."""
-    from ribsr.assets import DEFAULT_MODEL, REAL_MODEL
+    from ribsr.assets import BUNDLED_MODELS, DEFAULT_MODEL, REAL_MODEL
 
     if spec == BICUBIC:
         return f"{BICUBIC} x{scale}"
     if denoise is not None:
         return f"{REAL_MODEL} x{scale} (denoise {denoise:g})"
-    if spec in (None, DEFAULT_MODEL, REAL_MODEL):
+    if spec is None or spec in BUNDLED_MODELS:
         return f"{spec or DEFAULT_MODEL} x{scale}"
     return f"{Path(spec).name} (x{scale})"
 

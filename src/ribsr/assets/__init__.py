@@ -4,9 +4,10 @@ Bundled models, by the name ``load_model`` and ``--model`` accept:
 
 - ``default``: trained on bicubic downscaling (x2, x3, x4);
 - ``real``: the ``default`` network fine-tuned on Real-ESRGAN-style degradations (blur, noise, resizing, JPEG) for
-  photos that were downscaled and compressed (x4).
+  photos that were downscaled and compressed (x4);
+- ``escrib``: a small ESC-RIB trained with the ``default`` x2 recipe (x2).
 
-Both are trained by ``ribsr train`` with the recipes in ``configs/local`` (docs/models.md).
+All are trained by ``ribsr train`` with the recipes in ``configs/local`` (docs/models.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent
 DEFAULT_MODEL = "default"  # the name load_model and --model accept for the bundled bicubic model
 REAL_MODEL = "real"  # ... and for the bundled real-world model
-BUNDLED_MODELS = (DEFAULT_MODEL, REAL_MODEL)
+ESCRIB_MODEL = "escrib"  # ... and for the bundled ESC-RIB
+BUNDLED_MODELS = (DEFAULT_MODEL, REAL_MODEL, ESCRIB_MODEL)
 SAMPLE_IMAGE = ASSETS / "butterfly.png"  # Set5 "butterfly", the 128x128 bicubic x2 LR copy
 
 
@@ -25,8 +27,8 @@ class NoBundledModelError(ValueError):
 
 
 def bundled_model_path(name: str = DEFAULT_MODEL, scale: int | None = None) -> Path:
-    """The file of the bundled model ``name`` (``default`` or ``real``) at ``scale`` (default: x2 where it ships,
-    else the only scale that does)."""
+    """The file of the bundled model ``name`` (``default``, ``real`` or ``escrib``) at ``scale`` (default: x2 where
+    it ships, else the only scale that does)."""
     if name not in BUNDLED_MODELS:
         raise ValueError(f"bundled models are {', '.join(BUNDLED_MODELS)}, got {name!r}")
     have = bundled_scales(name)

@@ -45,7 +45,8 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="LR image files, folders or glob patterns")
     p.add_argument("--model", action="append", required=True, metavar="MODEL",
-                   help="the model to look at (give it twice to compare two): default, real, bicubic, a checkpoint "
+                   help="the model to look at (give it twice to compare two): default, real, escrib, bicubic, a "
+                   "checkpoint "
                    "path or URL, or an .onnx file")
     p.add_argument("-o", "--output", default="report.html", metavar="REPORT",
                    help="the HTML file to write (default: %(default)s)")

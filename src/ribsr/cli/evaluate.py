@@ -35,7 +35,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model", metavar="MODEL", default=None,
-        help=f"checkpoint path or http(s) URL, a bundled model ('default', the default, or 'real'), or '{BICUBIC}' "
+        help=f"checkpoint path or http(s) URL, a bundled model ('default', the default, 'real' or 'escrib'), or "
+        f"'{BICUBIC}' "
         "for the bicubic baseline",
     )
     p.add_argument("--denoise", type=unit_interval, default=None, metavar="S",

@@ -70,7 +70,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint path or http(s) URL, downloaded once into the torch.hub cache, an "
                    ".onnx file from ribsr export-onnx, or a bundled model: 'default' (bicubic-trained, x2/x3/x4; "
-                   "the default) or 'real' (for downscaled, compressed photos: blur, noise and JPEG; x4)")
+                   "the default), 'real' (for downscaled, compressed photos: blur, noise and JPEG; x4) or 'escrib' (an "
+                   "ESC-RIB trained like the default; x2)")
     p.add_argument("--denoise", type=unit_interval, default=None, metavar="S",
                    help="blend the bundled default (0) and real (1) models' weights: how much blur, noise and "
                    "JPEG removal (Real-ESRGAN's -dn); implies --model real")

@@ -65,14 +65,8 @@ inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline float hmax(vf a) { float m = a[0]; for (int i = 1; i < L; i++) m = a[i] > m ? a[i] : m; return m; }
 inline float hsum(vf a) { float s = 0.0f; for (int i = 0; i < L; i++) s += a[i]; return s; }
 
-// exp(x) for x <= 0: Cephes' expf polynomial (about 1 ulp); x below -87 gives about 1.6e-38; NaN stays NaN.
-#if defined(__AVX512F__)
-// With AVX-512: the rounding and the scaling by 2^n are single instructions (vrndscaleps, vscalefps).
-inline vf vexp(vf x) {
-    x = (vf)_mm512_max_ps((__m512)splat(-87.0f), (__m512)x);  // max(c, x) returns x where x is NaN
-    const vf n = (vf)_mm512_roundscale_ps((__m512)(x * splat(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT |
-                                                                                         _MM_FROUND_NO_EXC);
-    const vf r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);  // x - n ln 2, ln 2 in two parts
+// exp(r) for |r| <= ln(2) / 2: Cephes' expf polynomial (about 1 ulp).
+inline vf exp_reduced(vf r) {
     vf y = splat(1.9875691500e-4f);
     y = y * r + splat(1.3981999507e-3f);
     y = y * r + splat(8.3334519073e-3f);
@@ -80,7 +74,18 @@ inline vf vexp(vf x) {
     y = y * r + splat(1.6666665459e-1f);
     y = y * r + splat(5.0000001201e-1f);
     y = y * (r * r) + r + splat(1.0f);
-    return (vf)_mm512_scalef_ps((__m512)y, (__m512)n);
+    return y;
+}
+
+// exp(x) for x <= 0 (about 1 ulp); x below -87 gives about 1.6e-38; NaN stays NaN.
+#if defined(__AVX512F__)
+// With AVX-512: the rounding and the scaling by 2^n are single instructions (vrndscaleps, vscalefps).
+inline vf vexp(vf x) {
+    x = (vf)_mm512_max_ps((__m512)splat(-87.0f), (__m512)x);  // max(c, x) returns x where x is NaN
+    const vf n = (vf)_mm512_roundscale_ps((__m512)(x * splat(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT |
+                                                                                         _MM_FROUND_NO_EXC);
+    const vf r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);  // x - n ln 2, ln 2 in two parts
+    return (vf)_mm512_scalef_ps((__m512)exp_reduced(r), (__m512)n);
 }
 #else
 inline vf vexp(vf x) {
@@ -89,15 +94,8 @@ inline vf vexp(vf x) {
     const vf t = x * splat(1.44269504088896341f) + magic;
     const vf n = t - magic;  // round(x / ln 2)
     const vf r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);  // x - n ln 2, ln 2 in two parts
-    vf y = splat(1.9875691500e-4f);
-    y = y * r + splat(1.3981999507e-3f);
-    y = y * r + splat(8.3334519073e-3f);
-    y = y * r + splat(4.1665795894e-2f);
-    y = y * r + splat(1.6666665459e-1f);
-    y = y * r + splat(5.0000001201e-1f);
-    y = y * (r * r) + r + splat(1.0f);
     const vi two_n = ((vi)t - (vi)magic + 127) << 23;  // the bits of 2^n
-    return y * (vf)two_n;
+    return exp_reduced(r) * (vf)two_n;
 }
 #endif
 

@@ -198,11 +198,7 @@ def require() -> None:
 
 def available() -> bool:
     """True when the kernel is built (building it now if needed) and not switched off."""
-    try:
-        _library()
-    except KernelUnavailable:
-        return False
-    return True
+    return unavailable_reason() is None
 
 
 def unavailable_reason() -> str | None:

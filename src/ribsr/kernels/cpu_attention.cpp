@@ -9,9 +9,9 @@
 // concatenated low-rank factors need). Here, for each block of 64 query rows of one (window, head):
 //   1. k is packed transposed (D+R, N) and v row-major (N, D rounded up to a vector) once per (window, head) and
 //      thread;
-//   2. scores of ROWS (8, or 4 without AVX-512) query rows at a time: one pass over the keys, a vector at a time,
-//      computing the dot products, adding the bias rows and keeping the running maxima (the rows' scores stay in a
-//      per-thread buffer);
+//   2. scores of ROWS (8, or 4 without AVX-512) query rows at a time: one pass over the keys, NV vectors of keys
+//      at a time (ROWS x NV accumulators), computing the dot products, adding the bias rows and keeping the running
+//      maxima (the rows' scores stay in a per-thread buffer);
 //   3. exp(score - max) in place, and the row sums;
 //   4. the weighted sum of v rows, ROWS query rows per v row loaded, summed in blocks of 256 keys (so that the
 //      rounding error grows with the block, not with N), divided by the row sum.
@@ -39,12 +39,21 @@ namespace {
 // Vectors of 16 floats and 8 query rows at a time where the CPU has AVX-512 (32 vector registers); of 8 floats and
 // 4 rows elsewhere (AVX2 and NEON-class machines: 16 registers of 32 bytes, or 32 of 16), so that the accumulators
 // stay in registers (16-float vectors split into AVX2 halves ran 8x slower).
+// NV (key vectors per step of the score pass): 3 with AVX2, so that 12 accumulators hide the FMA latency and each
+// broadcast query value feeds 3 FMAs (1.35x faster than 1 on a Zen 3 core at window 64, docs/benchmarks.md); 1
+// elsewhere, as measured before (AVX-512 has 8 rows already; NEON is unmeasured).
 #if defined(__AVX512F__)
 constexpr int L = 16;  // floats per vector
 constexpr int ROWS = 8;  // query rows per pass over the keys
+constexpr int NV = 1;
+#elif defined(__AVX2__)
+constexpr int L = 8;
+constexpr int ROWS = 4;
+constexpr int NV = 3;
 #else
 constexpr int L = 8;
 constexpr int ROWS = 4;
+constexpr int NV = 1;
 #endif
 constexpr int64_t BLOCK = 64;  // query rows per work item
 constexpr int64_t KEY_BLOCK = 256;
@@ -110,12 +119,12 @@ struct Problem {
 };
 
 // Per-thread buffers for one (window, head): k^T and the factors k_f^T (DK, npad), v (npad, DVV * L) with zero
-// padding, and the scores of ROWS query rows (ROWS, npad).
+// padding, and the scores of ROWS query rows (ROWS, npad); npad: N rounded up to NV vectors.
 struct Scratch {
     int64_t npad = 0, dk = 0, dvp = 0;
     float *kt = nullptr, *vp = nullptr, *s = nullptr;
     bool ok = false;
-    Scratch(int64_t n, int64_t dk_, int64_t dv_vectors) : npad((n + L - 1) / L * L), dk(dk_), dvp(dv_vectors * L) {
+    Scratch(int64_t n, int64_t dk_, int64_t dv_vectors) : npad((n + L * NV - 1) / (L * NV) * (L * NV)), dk(dk_), dvp(dv_vectors * L) {
         kt = alloc(dk * npad);
         vp = alloc(npad * dvp);
         s = alloc(ROWS * npad);
@@ -175,34 +184,43 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
         for (int r = 0; r < ROWS; r++) brow[r] = bb ? bb + (i + (r < rr ? r : rr - 1)) * sbn : nullptr;
         vf mx[ROWS];
         for (int r = 0; r < ROWS; r++) mx[r] = splat(-INFINITY);
-        // keys in vectors of L; the last, partial vector (N not a multiple of L) goes through memory below, so
-        // that every index into acc here is a constant and acc stays in registers
-        for (int64_t j = 0; j < npad; j += L) {
-            vf acc[ROWS];
-            for (int r = 0; r < ROWS; r++) acc[r] = splat(0.0f);
+        // keys in steps of NV vectors of L; the vectors past the last full one (N not a multiple of L, or padding
+        // up to NV vectors) go through memory below, so that every index into acc here is a constant and acc stays
+        // in registers
+        for (int64_t j = 0; j < npad; j += L * NV) {
+            vf acc[ROWS][NV];
+            for (int r = 0; r < ROWS; r++)
+                for (int t = 0; t < NV; t++) acc[r][t] = splat(0.0f);
             for (int64_t c0 = 0; c0 < dk; c0 += CHANNEL_STEP) {  // dk: a multiple of CHANNEL_STEP (zero padded)
 #pragma GCC unroll 8
                 for (int c = 0; c < CHANNEL_STEP; c++) {
-                    const vf kv = loadu(kt + (c0 + c) * npad + j);
-                    for (int r = 0; r < ROWS; r++) acc[r] += splat(qr[c0 + c][r]) * kv;
+                    vf kv[NV];
+                    for (int t = 0; t < NV; t++) kv[t] = loadu(kt + (c0 + c) * npad + j + t * L);
+                    for (int r = 0; r < ROWS; r++) {
+                        const vf qv = splat(qr[c0 + c][r]);
+                        for (int t = 0; t < NV; t++) acc[r][t] += qv * kv[t];
+                    }
                 }
             }
-            if (bb && j < nfull) {
-                for (int r = 0; r < ROWS; r++) acc[r] += loadu(brow[r] + j);
-            }
-            for (int r = 0; r < ROWS; r++) storeu(s + r * npad + j, acc[r]);
-            if (j < nfull) {
-                for (int r = 0; r < ROWS; r++) mx[r] = vmax(mx[r], acc[r]);
+            for (int t = 0; t < NV; t++) {
+                const int64_t jt = j + t * L;
+                if (bb && jt < nfull)
+                    for (int r = 0; r < ROWS; r++) acc[r][t] += loadu(brow[r] + jt);
+                for (int r = 0; r < ROWS; r++) storeu(s + r * npad + jt, acc[r][t]);
+                if (jt < nfull)
+                    for (int r = 0; r < ROWS; r++) mx[r] = vmax(mx[r], acc[r][t]);
             }
         }
-        if (nfull < npad) {  // the partial vector: its bias, -inf past N, then its share of the maximum
+        if (nfull < npad) {  // the vectors past nfull: their bias, -inf past N, then their share of the maximum
             for (int r = 0; r < ROWS; r++) {
-                float* tail = s + r * npad + nfull;
-                for (int64_t jj = nfull; jj < npad; jj++) {
-                    if (jj >= n) tail[jj - nfull] = -INFINITY;
-                    else if (bb && r < rr) tail[jj - nfull] += bb[(i + r) * sbn + jj];
+                for (int64_t j = nfull; j < npad; j += L) {
+                    float* tail = s + r * npad + j;
+                    for (int jj = 0; jj < L; jj++) {
+                        if (j + jj >= n) tail[jj] = -INFINITY;
+                        else if (bb && r < rr) tail[jj] += bb[(i + r) * sbn + j + jj];
+                    }
+                    mx[r] = vmax(mx[r], loadu(tail));
                 }
-                mx[r] = vmax(mx[r], loadu(tail));
             }
         }
         float inv[ROWS];

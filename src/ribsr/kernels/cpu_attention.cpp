@@ -9,9 +9,9 @@
 // concatenated low-rank factors need). Here, for each block of 64 query rows of one (window, head):
 //   1. k is packed transposed (D+R, N) and v row-major (N, D rounded up to a vector) once per (window, head) and
 //      thread;
-//   2. scores of ROWS (8, or 4 without AVX-512) query rows at a time: one pass over the keys, NV vectors of keys
-//      at a time (ROWS x NV accumulators), computing the dot products, adding the bias rows and keeping the running
-//      maxima (the rows' scores stay in a per-thread buffer);
+//   2. scores of ROWS (8 with AVX-512, 5 with AVX2, else 4) query rows at a time: one pass over the keys, NV
+//      vectors of keys at a time (ROWS x NV accumulators), computing the dot products, adding the bias rows and
+//      keeping the running maxima (the rows' scores stay in a per-thread buffer);
 //   3. exp(score - max) in place, and the row sums;
 //   4. the weighted sum of v rows, ROWS query rows per v row loaded, summed in blocks of 256 keys (so that the
 //      rounding error grows with the block, not with N), divided by the row sum.
@@ -25,7 +25,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -36,20 +36,20 @@
 
 namespace {
 
-// Vectors of 16 floats and 8 query rows at a time where the CPU has AVX-512 (32 vector registers); of 8 floats and
-// 4 rows elsewhere (AVX2 and NEON-class machines: 16 registers of 32 bytes, or 32 of 16), so that the accumulators
-// stay in registers (16-float vectors split into AVX2 halves ran 8x slower).
-// NV (key vectors per step of the score pass): 3 with AVX2, so that 12 accumulators hide the FMA latency and each
-// broadcast query value feeds 3 FMAs (1.35x faster than 1 on a Zen 3 core at window 64, docs/benchmarks.md); 1
-// elsewhere, as measured before (AVX-512 has 8 rows already; NEON is unmeasured).
+// Vectors of 16 floats and 8 query rows at a time where the CPU has AVX-512 (32 vector registers); of 8 floats
+// elsewhere (AVX2 and NEON-class machines: 16 registers of 32 bytes, or 32 of 16), so that the accumulators stay in
+// registers (16-float vectors split into AVX2 halves ran 8x slower). NV: key vectors per step of the score pass.
+// With AVX2, 5 rows and NV = 2: the 10 accumulators of either pass hide the FMA latency and each broadcast query
+// value feeds 2 FMAs (one Zen 3 core: 0.69x-0.82x the time of 4 rows and NV = 1 at windows 8-64,
+// docs/benchmarks.md). AVX-512 keeps 8 rows and NV = 1 and the rest 4 and 1, as measured before (NEON: unmeasured).
 #if defined(__AVX512F__)
 constexpr int L = 16;  // floats per vector
 constexpr int ROWS = 8;  // query rows per pass over the keys
 constexpr int NV = 1;
 #elif defined(__AVX2__)
 constexpr int L = 8;
-constexpr int ROWS = 4;
-constexpr int NV = 3;
+constexpr int ROWS = 5;
+constexpr int NV = 2;
 #else
 constexpr int L = 8;
 constexpr int ROWS = 4;
@@ -61,6 +61,9 @@ constexpr int MAX_DK = 256;    // D + R
 constexpr int CHANNEL_STEP = 8;  // q.k channels are summed this many at a time (D + R padded with zeros)
 constexpr int MAX_HEAD_DIM = 64;
 constexpr int MAX_DV_VECTORS = MAX_HEAD_DIM / L;
+// Rows of k^T and of the scores are this many floats longer than npad: rows 4 KiB apart would share their L1 cache
+// sets (measured 5-10% slower at windows 32 and 64 without it).
+constexpr int64_t ROW_PAD = 16;
 
 typedef float vf __attribute__((vector_size(L * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(L * sizeof(int32_t))));
@@ -98,7 +101,11 @@ inline vf vexp(vf x) {
 }
 #else
 inline vf vexp(vf x) {
+#if defined(__AVX2__)
+    x = (vf)_mm256_max_ps((__m256)splat(-87.0f), (__m256)x);  // one instruction; max(c, x) returns x where x is NaN
+#else
     x = x < splat(-87.0f) ? splat(-87.0f) : x;
+#endif
     const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer, kept in the low bits
     const vf t = x * splat(1.44269504088896341f) + magic;
     const vf n = t - magic;  // round(x / ln 2)
@@ -119,15 +126,17 @@ struct Problem {
 };
 
 // Per-thread buffers for one (window, head): k^T and the factors k_f^T (DK, npad), v (npad, DVV * L) with zero
-// padding, and the scores of ROWS query rows (ROWS, npad); npad: N rounded up to NV vectors.
+// padding, and the scores of ROWS query rows (ROWS, npad); npad: N rounded up to NV vectors; rows of kt and s are
+// ks = npad + ROW_PAD floats apart.
 struct Scratch {
-    int64_t npad = 0, dk = 0, dvp = 0;
+    int64_t npad = 0, dk = 0, dvp = 0, ks = 0;
     float *kt = nullptr, *vp = nullptr, *s = nullptr;
     bool ok = false;
-    Scratch(int64_t n, int64_t dk_, int64_t dv_vectors) : npad((n + L * NV - 1) / (L * NV) * (L * NV)), dk(dk_), dvp(dv_vectors * L) {
-        kt = alloc(dk * npad);
+    Scratch(int64_t n, int64_t dk_, int64_t dv_vectors)
+        : npad((n + L * NV - 1) / (L * NV) * (L * NV)), dk(dk_), dvp(dv_vectors * L), ks(npad + ROW_PAD) {
+        kt = alloc(dk * ks);
         vp = alloc(npad * dvp);
-        s = alloc(ROWS * npad);
+        s = alloc(ROWS * ks);
         ok = kt && vp && s;
     }
     ~Scratch() { free(kt); free(vp); free(s); }
@@ -138,18 +147,18 @@ struct Scratch {
 };
 
 void pack(const Problem& p, int64_t w, int64_t h, Scratch& sc) {
-    const int64_t n = p.n, d = p.d, npad = sc.npad;
+    const int64_t n = p.n, d = p.d, npad = sc.npad, ks = sc.ks;
     const float* kb = p.k + w * p.sk[0] + h * p.sk[1];
     const float* vb = p.v + w * p.sv[0] + h * p.sv[1];
     for (int64_t j = 0; j < n; j++)
-        for (int64_t c = 0; c < d; c++) sc.kt[c * npad + j] = kb[j * p.sk[2] + c];
+        for (int64_t c = 0; c < d; c++) sc.kt[c * ks + j] = kb[j * p.sk[2] + c];
     if (p.kf) {
         const float* fb = p.kf + h * p.sfh;
         for (int64_t j = 0; j < n; j++)
-            for (int64_t c = 0; c < p.r; c++) sc.kt[(d + c) * npad + j] = fb[j * p.sfn + c];
+            for (int64_t c = 0; c < p.r; c++) sc.kt[(d + c) * ks + j] = fb[j * p.sfn + c];
     }
     for (int64_t c = 0; c < sc.dk; c++)  // keys past N, and channels past D + R: zeros
-        for (int64_t j = (c < d + p.r ? n : 0); j < npad; j++) sc.kt[c * npad + j] = 0.0f;
+        for (int64_t j = (c < d + p.r ? n : 0); j < npad; j++) sc.kt[c * ks + j] = 0.0f;
     for (int64_t j = 0; j < npad; j++) {
         float* row = sc.vp + j * sc.dvp;
         for (int64_t c = 0; c < sc.dvp; c++) row[c] = (j < n && c < d) ? vb[j * p.sv[2] + c] : 0.0f;
@@ -160,7 +169,7 @@ template <int DVV>
 void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratch& sc) {
     // Everything the loops read, as locals: the stores into the score buffer go through memcpy, which may alias
     // any memory, so fields of p and sc would be loaded again after every store.
-    const int64_t n = p.n, d = p.d, r_ = p.r, dk = sc.dk, npad = sc.npad, nfull = n / L * L;
+    const int64_t n = p.n, d = p.d, r_ = p.r, dk = sc.dk, npad = sc.npad, ks = sc.ks, nfull = n / L * L;
     const int64_t sqn = p.sq[2], sbn = p.sbn, sfn = p.sfn, son = p.so[2];
     const float scale = p.scale;
     const float* const qb = p.q + w * p.sq[0] + h * p.sq[1];
@@ -195,7 +204,7 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
 #pragma GCC unroll 8
                 for (int c = 0; c < CHANNEL_STEP; c++) {
                     vf kv[NV];
-                    for (int t = 0; t < NV; t++) kv[t] = loadu(kt + (c0 + c) * npad + j + t * L);
+                    for (int t = 0; t < NV; t++) kv[t] = loadu(kt + (c0 + c) * ks + j + t * L);
                     for (int r = 0; r < ROWS; r++) {
                         const vf qv = splat(qr[c0 + c][r]);
                         for (int t = 0; t < NV; t++) acc[r][t] += qv * kv[t];
@@ -206,7 +215,7 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
                 const int64_t jt = j + t * L;
                 if (bb && jt < nfull)
                     for (int r = 0; r < ROWS; r++) acc[r][t] += loadu(brow[r] + jt);
-                for (int r = 0; r < ROWS; r++) storeu(s + r * npad + jt, acc[r][t]);
+                for (int r = 0; r < ROWS; r++) storeu(s + r * ks + jt, acc[r][t]);
                 if (jt < nfull)
                     for (int r = 0; r < ROWS; r++) mx[r] = vmax(mx[r], acc[r][t]);
             }
@@ -214,7 +223,7 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
         if (nfull < npad) {  // the vectors past nfull: their bias, -inf past N, then their share of the maximum
             for (int r = 0; r < ROWS; r++) {
                 for (int64_t j = nfull; j < npad; j += L) {
-                    float* tail = s + r * npad + j;
+                    float* tail = s + r * ks + j;
                     for (int jj = 0; jj < L; jj++) {
                         if (j + jj >= n) tail[jj] = -INFINITY;
                         else if (bb && r < rr) tail[jj] += bb[(i + r) * sbn + j + jj];
@@ -229,7 +238,7 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
             if (m == -INFINITY) m = 0.0f;  // a row of -inf biases (or a padding row): no NaN from -inf - -inf
             const vf mv = splat(m);
             vf sum = splat(0.0f);
-            float* sr = s + r * npad;
+            float* sr = s + r * ks;
             for (int64_t j = 0; j < npad; j += L) {
                 const vf e = vexp(loadu(sr + j) - mv);
                 sum += e;
@@ -237,9 +246,11 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
             }
             inv[r] = 1.0f / hsum(sum);
         }
-        vf acc[ROWS][DVV];
-        for (int r = 0; r < ROWS; r++)
-            for (int c = 0; c < DVV; c++) acc[r][c] = splat(0.0f);
+        // The blocks' sums are added up in memory: acc and part together would not fit the registers (AVX2: 16),
+        // and the compiler would spill inside the loop over keys; the empty asm statements (which may read acc)
+        // keep it from moving acc into registers.
+        alignas(64) float acc[ROWS][DVV * L];
+        memset(acc, 0, sizeof acc);
         for (int64_t j0 = 0; j0 < n; j0 += KEY_BLOCK) {
             vf part[ROWS][DVV];
             for (int r = 0; r < ROWS; r++)
@@ -249,15 +260,17 @@ void rows(const Problem& p, int64_t w, int64_t h, int64_t i0, int64_t i1, Scratc
                 const float* vj = vp + j * (DVV * L);
                 for (int c = 0; c < DVV; c++) {
                     const vf vv = loadu(vj + c * L);
-                    for (int r = 0; r < ROWS; r++) part[r][c] += splat(s[r * npad + j]) * vv;
+                    for (int r = 0; r < ROWS; r++) part[r][c] += splat(s[r * ks + j]) * vv;
                 }
             }
+            asm volatile("" : : "r"(&acc[0][0]) : "memory");
             for (int r = 0; r < ROWS; r++)
-                for (int c = 0; c < DVV; c++) acc[r][c] += part[r][c];
+                for (int c = 0; c < DVV; c++) storeu(&acc[r][c * L], loadu(&acc[r][c * L]) + part[r][c]);
+            asm volatile("" : : "r"(&acc[0][0]) : "memory");
         }
         for (int r = 0; r < rr; r++) {
             float out[DVV * L];
-            for (int c = 0; c < DVV; c++) storeu(out + c * L, acc[r][c] * splat(inv[r]));
+            for (int c = 0; c < DVV; c++) storeu(out + c * L, loadu(&acc[r][c * L]) * splat(inv[r]));
             float* orow = ob + (i + r) * son;
             for (int64_t c = 0; c < d; c++) orow[c] = out[c];
         }
@@ -310,7 +323,8 @@ const char* ribsr_vector_isa(void) {
 int ribsr_max_head_dim(void) { return MAX_HEAD_DIM; }
 int ribsr_max_key_dim(void) { return MAX_DK; }
 
-// o = softmax(scale q.k^T + bias + q_f.k_f^T) v per (window, head); returns 0, or 1 (bad sizes), 2 (out of memory). q, k, v, o: (windows, heads, n, d) with strides s*[0..2] and channel stride 1;
+// o = softmax(scale q.k^T + bias + q_f.k_f^T) v per (window, head); returns 0, or 1 (bad sizes), 2 (out of memory).
+// q, k, v, o: (windows, heads, n, d) with strides s*[0..2] and channel stride 1;
 // bias: (heads, n, n) with strides (sbh, sbn, 1), or NULL; qf, kf: (heads, n, r) with strides (sfh, sfn, 1), or NULL.
 int ribsr_attention_f32(const float* q, const int64_t* sq, const float* k, const int64_t* sk, const float* v,
                         const int64_t* sv, const float* bias, int64_t sbh, int64_t sbn, const float* qf,

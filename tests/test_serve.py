@@ -102,7 +102,21 @@ def test_info_lists_the_bundled_models(server):
     assert models["bicubic"]["compare_only"]
     if bundled_scales("real"):
         assert models["real"]["denoise"] and models["real"]["scales"] == bundled_scales("real")
+    assert models["escrib"]["scales"] == [2] and not models["escrib"]["denoise"]
+    assert "ESC-RIB" in models["escrib"]["label"]
     assert info["max_output_pixels"] == 100_000 and info["checkpoints"]
+
+
+def test_the_bundled_escrib_model_against_the_default(server):
+    lr = image(seed=2)
+    status, job = submit(server, png(lr), name="e.png", model="escrib", compare="default", tile="0")
+    assert status == 202, job
+    job = finished(server, job["id"])
+    assert job["state"] == "done", job
+    assert job["labels"] == {"before": "default x2", "after": "escrib x2"}
+    status, _, body = request(server, "GET", job["result"])
+    expected = to_array(Side.open("escrib", scale=2, tile=0, device="cpu").upscale(from_array(lr)), np.uint8, 3)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), expected)
 
 
 def test_upload_upscaled_and_compared_with_bicubic(server):
@@ -152,6 +166,8 @@ def test_refusals_say_why(server, tmp_path):
         ({"model": "default", "colour": "red"}, "unknown option(s) colour"),
         ({"model": "https://example.invalid/m.pth"}, "does not download checkpoints"),
         ({"model": "default", "scale": "2", "compare": "real"}, "compare real: no bundled real model for x2"),
+        ({"model": "escrib", "scale": "4"}, "model escrib: no bundled escrib model for x4 (bundled: x2)"),
+        ({"model": "escrib", "denoise": "0.5"}, "denoise applies to the real model, not to escrib"),
     ]
     for params, message in cases:
         status, body = submit(server, png(image(8, 8)), name="x.png", **params)

@@ -53,6 +53,9 @@ __all__ = ["Job", "JobOptions", "RequestError", "Server", "Service", "image_size
 
 CHUNK = 1 << 20  # bytes read from an upload at a time
 DRAIN_LIMIT = 64 << 20  # the largest body of a refused upload that is read (and dropped) before answering
+# Bundled model name -> how the page's model menus show it (GET /api/info).
+MODEL_LABELS = {"default": "default (bicubic-trained)", "real": "real-world (photos: blur, noise, JPEG)",
+                "escrib": "ESC-RIB (bicubic-trained, 74K parameters, faster)"}
 
 
 class RequestError(ValueError):
@@ -94,8 +97,8 @@ def _number(params: dict[str, str], key: str, kind: type[int] | type[float], low
 
 @dataclass(frozen=True)
 class JobOptions:
-    """What a job asks for: the model (``default``, ``real`` or a checkpoint path) and what it is compared with
-    (``bicubic`` or another model), the scale, the real-world strength (``denoise``, for ``real``), the
+    """What a job asks for: the model (``default``, ``real``, ``escrib`` or a checkpoint path) and what it is
+    compared with (``bicubic`` or another model), the scale, the real-world strength (``denoise``, for ``real``), the
     config of a checkpoint without one, and the tiling."""
 
     model: str = "default"
@@ -234,18 +237,15 @@ class Service:
     # ----------------------------------------------------------------------------- the models
     def info(self) -> dict[str, Any]:
         """What ``GET /api/info`` answers: the bundled models with their scales, and the limits."""
-        from ribsr.assets import DEFAULT_MODEL, REAL_MODEL, bundled_scales
+        from ribsr.assets import BUNDLED_MODELS, REAL_MODEL, bundled_scales
 
         models = [{"id": BICUBIC, "label": "bicubic (MATLAB imresize)", "scales": [2, 3, 4], "denoise": False,
                    "compare_only": True}]
-        default = bundled_scales(DEFAULT_MODEL)
-        if default:
-            models.append({"id": DEFAULT_MODEL, "label": "default (bicubic-trained)", "scales": default,
-                           "denoise": False})
-        real = bundled_scales(REAL_MODEL)
-        if real:
-            models.append({"id": REAL_MODEL, "label": "real-world (photos: blur, noise, JPEG)", "scales": real,
-                           "denoise": True})
+        for name in BUNDLED_MODELS:
+            scales = bundled_scales(name)
+            if scales:
+                models.append({"id": name, "label": MODEL_LABELS.get(name, name), "scales": scales,
+                               "denoise": name == REAL_MODEL})
         return {"models": models, "checkpoints": self.checkpoints, "max_output_pixels": self.max_output_pixels,
                 "limit_name": self.limit_name, "max_upload_bytes": self.max_upload_bytes,
                 "max_queued": self.max_queued, "device": str(self.device)}
@@ -253,17 +253,18 @@ class Service:
     def _check_model(self, spec: str, scale: int | None, denoise: float | None, what: str) -> int | None:
         """The scale ``spec`` will upscale by, where known before loading it (bundled models); RequestError naming
         a model that cannot be used."""
-        from ribsr.assets import DEFAULT_MODEL, REAL_MODEL, bundled_scales
+        from ribsr.assets import BUNDLED_MODELS, REAL_MODEL, bundled_scales
 
         knob = "denoise" if what == "model" else "compare_denoise"
+        names = ", ".join(BUNDLED_MODELS)
         if spec == BICUBIC:
             if what == "model":
                 raise RequestError("model bicubic: bicubic is what a model is compared with, not a model; "
-                                   "choose default, real or a checkpoint")
+                                   f"choose one of {names} or a checkpoint")
             if denoise is not None:
                 raise RequestError(f"{knob} applies to the real model, not to bicubic")
             return scale
-        if spec in (DEFAULT_MODEL, REAL_MODEL):
+        if spec in BUNDLED_MODELS:
             if denoise is not None and spec != REAL_MODEL:
                 raise RequestError(f"{knob} applies to the real model, not to {spec}")
             have = bundled_scales(spec)
@@ -274,7 +275,7 @@ class Service:
                                    f"{', '.join(f'x{s}' for s in have) or 'none'})")
             return scale
         if not self.checkpoints:
-            raise RequestError(f"{what} {spec!r}: this server takes only the bundled models (default, real)")
+            raise RequestError(f"{what} {spec!r}: this server takes only the bundled models ({names})")
         if denoise is not None:
             raise RequestError(f"{what} {spec}: denoise blends the bundled default and real models; it does not apply "
                                "to a checkpoint")
@@ -291,11 +292,11 @@ class Service:
             if scale is None:
                 raise ValueError("bicubic needs a scale")
             return Side.bicubic(scale)
-        from ribsr.assets import DEFAULT_MODEL, REAL_MODEL
+        from ribsr.assets import BUNDLED_MODELS, REAL_MODEL
 
         if denoise == 1 and spec == REAL_MODEL:
             denoise = None  # the real model itself
-        bundled = spec in (DEFAULT_MODEL, REAL_MODEL)
+        bundled = spec in BUNDLED_MODELS
         path = spec if bundled else str(Path(spec).expanduser().resolve())
         key = (path, scale, denoise, None if bundled else options.config)
         model = self._models.pop(key, None)

@@ -30,10 +30,22 @@ def _one_case_folder(tmp_path, name="direct_x2_cyclic"):
 
 
 def test_verify_passes_on_reference_cases(tmp_path, capsys):
+    from ribsr.kernels import cpu_attention
+
     folder = _one_case_folder(tmp_path)
     assert main(["verify", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert "OK: 3 runs" in out and "direct_x2_cyclic" in out
+    kernel = cpu_attention.available()
+    assert f"OK: {4 if kernel else 3} runs" in out and "direct_x2_cyclic" in out
+    assert ("cpu_kernel" in out) == kernel
+
+
+def test_verify_default_paths_leave_out_a_kernel_that_does_not_build(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RIBSR_CPU_KERNEL", "0")
+    folder = _one_case_folder(tmp_path)
+    assert main(["verify", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "OK: 3 runs" in out and "cpu_kernel" not in out
 
 
 def test_verify_fails_when_the_output_differs(tmp_path, capsys):

@@ -10,9 +10,10 @@ from ribsr.cli.argtypes import DEFAULT_MAX_OUTPUT_PIXELS, add_device, pixel_coun
 
 EPILOG = """\
 Open the printed address in a browser: drop or pick images, choose the model (the bundled default model at
-x2/x3/x4, the real-world x4 model with its denoise strength, or a checkpoint path on this machine) and what it is
-compared with (bicubic or a second model), and the tiling. Each image shows a progress bar, then a before/after
-slider that zooms to single pixels, and a download of the model's output (PNG, as ribsr upscale writes it).
+x2/x3/x4, the real-world x4 model with its denoise strength, the ESC-RIB x2 model, or a checkpoint path on this
+machine) and what it is compared with (bicubic or a second model), and the tiling. Each image shows a progress
+bar, then a before/after slider that zooms to single pixels, and a download of the model's output (PNG, as ribsr
+upscale writes it).
 
 Images run one at a time, in the order they were sent (--max-queued wait at most); images whose output would
 have more than --max-output-pixels pixels are refused before they are decoded. The page and its script are

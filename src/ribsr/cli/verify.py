@@ -12,6 +12,8 @@ from pathlib import Path
 # Searched when no folder is given: the shared released-format fixture, and this repository's own
 # reference cases (tests/fixtures/official) when run from the repository root.
 DEFAULT_FIXTURES = (Path("../shared/fixtures/official-sst"), Path("tests/fixtures/official"))
+# Attention paths checked when --attention is not given; also cpu_kernel where it builds.
+DEFAULT_PATHS = ("reference", "bias", "concat")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and tests/fixtures/official when present)",
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
-    p.add_argument("--attention", nargs="+", default=["reference", "bias", "concat"],
-                   help="attention paths to check")
+    p.add_argument("--attention", nargs="+",
+                   help=f"attention paths to check (default: {', '.join(DEFAULT_PATHS)}, and cpu_kernel where "
+                   "ribsr's CPU kernel builds)")
     p.set_defaults(func=run)
 
 
@@ -44,13 +47,14 @@ def run(args: argparse.Namespace) -> int:
         shared = os.environ.get("RIBSR_SHARED")
         first = Path(shared) / "fixtures" / "official-sst" if shared else DEFAULT_FIXTURES[0]
         folders = [first] + [p for p in DEFAULT_FIXTURES[1:] if (p / "cases.json").is_file()]
+    paths = args.attention or default_paths()
     worst, count, not_finite = 0.0, 0, 0
     print(f"{'case':<24} {'attention':<10} {'max |diff|':>11} {'seconds':>8}")
     for root in folders:
         for name, case in read_cases(root).items():
             io = torch.load(root / f"{name}_io.pt", weights_only=True)
             checkpoint = case.get("checkpoint", f"{name}.pth")
-            for attention in args.attention:
+            for attention in paths:
                 # a case that loads another case's checkpoint is a scale change: the resizing is asked for
                 model = load_model(root / checkpoint, config=case["network_g"], attention=attention,
                                    resize_upsampler=checkpoint != f"{name}.pth")
@@ -70,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'OK' if ok else 'FAILED'}: {count} runs{bad}, worst finite max abs difference {worst:.2e} "
           f"(tolerance {args.tolerance:g})")
     return 0 if ok else 1
+
+
+def default_paths() -> list[str]:
+    """The paths checked without --attention: :data:`DEFAULT_PATHS`, and ``cpu_kernel`` where it builds."""
+    from ribsr.kernels import cpu_attention
+
+    return [*DEFAULT_PATHS, *(["cpu_kernel"] if cpu_attention.available() else [])]
 
 
 def read_cases(root: Path) -> dict[str, dict]:

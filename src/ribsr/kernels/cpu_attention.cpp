@@ -40,8 +40,9 @@ namespace {
 // elsewhere (AVX2 and NEON-class machines: 16 registers of 32 bytes, or 32 of 16), so that the accumulators stay in
 // registers (16-float vectors split into AVX2 halves ran 8x slower). NV: key vectors per step of the score pass.
 // With AVX2, 5 rows and NV = 2: the 10 accumulators of either pass hide the FMA latency and each broadcast query
-// value feeds 2 FMAs (one Zen 3 core: 0.69x-0.82x the time of 4 rows and NV = 1 at windows 8-64,
-// docs/benchmarks.md). AVX-512 keeps 8 rows and NV = 1 and the rest 4 and 1, as measured before (NEON: unmeasured).
+// value feeds 2 FMAs (one Zen 3 core, with ROW_PAD and the v sums in memory: 0.54-0.80x the time of 4 rows and
+// NV = 1 at windows 8-64, docs/benchmarks.md). AVX-512 keeps 8 rows and NV = 1 and the rest 4 and 1, as measured
+// before (NEON: unmeasured).
 #if defined(__AVX512F__)
 constexpr int L = 16;  // floats per vector
 constexpr int ROWS = 8;  // query rows per pass over the keys
@@ -62,7 +63,7 @@ constexpr int CHANNEL_STEP = 8;  // q.k channels are summed this many at a time 
 constexpr int MAX_HEAD_DIM = 64;
 constexpr int MAX_DV_VECTORS = MAX_HEAD_DIM / L;
 // Rows of k^T and of the scores are this many floats longer than npad: rows 4 KiB apart would share their L1 cache
-// sets (measured 5-10% slower at windows 32 and 64 without it).
+// sets (measured 7-12% slower at windows 32 and 64 without it).
 constexpr int64_t ROW_PAD = 16;
 
 typedef float vf __attribute__((vector_size(L * sizeof(float))));

@@ -57,9 +57,11 @@ def test_shared_fixture_matches_load_model_and_the_papers_output(shared_dir: Pat
     descriptor = loader(network_g).load_from_file(fixtures / "shift_x4.pth")
     assert descriptor.architecture.id == ARCH_ID
     assert (descriptor.scale, descriptor.input_channels, descriptor.output_channels) == (4, 3, 3)
-    outs = [descriptor(x[None]) for x in io["input"]]  # spandrel's call takes one image
-    got = torch.cat(outs)
-    assert (got - ours(fixtures / "shift_x4.pth", network_g, io["input"])).abs().max().item() <= TOL
+    # spandrel's call takes one image, and ribsr's output is taken per image too: the batch of two rounds the
+    # convolutions differently (1.07e-6 apart from per image on an AMD EPYC, with ribsr alone)
+    got = torch.cat([descriptor(x[None]) for x in io["input"]])
+    expected = torch.cat([ours(fixtures / "shift_x4.pth", network_g, x[None]) for x in io["input"]])
+    assert (got - expected).abs().max().item() <= TOL
     assert (got - io["output"].clamp(0, 1)).abs().max().item() <= 1e-4  # the paper's code, as in test_official
 
 

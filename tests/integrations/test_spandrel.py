@@ -57,8 +57,8 @@ def test_shared_fixture_matches_load_model_and_the_papers_output(shared_dir: Pat
     descriptor = loader(network_g).load_from_file(fixtures / "shift_x4.pth")
     assert descriptor.architecture.id == ARCH_ID
     assert (descriptor.scale, descriptor.input_channels, descriptor.output_channels) == (4, 3, 3)
-    # spandrel's call takes one image, and ribsr's output is taken per image too: the batch of two rounds the
-    # convolutions differently (1.07e-6 apart from per image on an AMD EPYC, with ribsr alone)
+    # spandrel's call takes one image, and ribsr's output is taken per image too: ribsr alone gives the batch of
+    # two 1.07e-6 apart from per image on an AMD EPYC (float32 rounding that depends on the batch size)
     got = torch.cat([descriptor(x[None]) for x in io["input"]])
     expected = torch.cat([ours(fixtures / "shift_x4.pth", network_g, x[None]) for x in io["input"]])
     assert (got - expected).abs().max().item() <= TOL
